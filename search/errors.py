@@ -1,0 +1,49 @@
+"""Exceptions. User-facing problems are `SearchError`s: the CLI prints their one-line message.
+
+`TrialFailure` is different: it is not a user error but a trial that failed for a reason that
+belongs to its configuration (it diverged, later: it ran out of memory). Such a trial counts as
+finished, so a study's `--trials` target is reached even when some configurations are bad.
+"""
+
+from __future__ import annotations
+
+
+class SearchError(Exception):
+    """A problem the user can fix; the message names the bad value and where it came from."""
+
+
+class SpaceError(SearchError):
+    """A space file is missing or malformed."""
+
+
+class TaskError(SearchError):
+    """An unknown task or model, or a task's data is missing."""
+
+
+class StorageError(SearchError):
+    """A storage URL is malformed or unreachable, or a study is missing."""
+
+
+class SettingsError(SearchError):
+    """A command-line setting is out of range or conflicts with the study it resumes."""
+
+
+class TrialFailure(Exception):
+    """A trial failed because of its configuration; it counts towards the study's target.
+
+    Attributes:
+        reason: a short machine-readable word stored in the trial's ``fail_reason`` user attr.
+        epoch: the epoch (1-based) at which the trial stopped.
+    """
+
+    def __init__(self, reason: str, epoch: int, detail: str = "") -> None:
+        super().__init__(f"{reason} at epoch {epoch}" + (f": {detail}" if detail else ""))
+        self.reason = reason
+        self.epoch = epoch
+
+
+class Diverged(TrialFailure):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__("diverged", epoch, f"train loss {loss}")
