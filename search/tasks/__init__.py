@@ -1,0 +1,8 @@
+"""Tasks: datasets and the models that fit them. Importing this package registers every task."""
+
+from __future__ import annotations
+
+from search.tasks import cifar10, digits, mnist  # noqa: F401  (each registers itself)
+from search.tasks.registry import Split, Task, get, names, register_task
+
+__all__ = ["Split", "Task", "get", "names", "register_task"]

@@ -1,0 +1,106 @@
+"""Model families whose depth is a hyperparameter.
+
+Every family ends in global average pooling (or flattens a fixed input), so no layer's size depends
+on a hand-computed spatial size: each depth builds on each input shape.
+
+- ``mlp``: ``depth`` hidden layers of 256 units.
+- ``cnn``: ``depth`` conv blocks (3×3 conv, batch norm, ReLU); a block halves the spatial size with a
+  2×2 max pool while the feature map is at least 2×2, so deep nets on 8×8 digits stay valid.
+- ``resnet``: the CIFAR ResNet of He et al. (2016): three stages of 16/32/64 channels with
+  ``depth`` basic blocks each (depth 3 = ResNet-20). Blocks add an identity shortcut; the first
+  block of stages 2 and 3 halves the size and uses a 1×1 projection shortcut there only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from search.errors import TaskError
+
+# The most depth each family allows; spaces are validated against it.
+MAX_DEPTH = {"mlp": 8, "cnn": 8, "resnet": 9}
+FAMILIES = tuple(MAX_DEPTH)
+
+
+def build(family: str, depth: int, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build a model of ``family`` with ``depth`` units of depth for the given input shape."""
+    if family not in MAX_DEPTH:
+        raise TaskError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    if not 1 <= depth <= MAX_DEPTH[family]:
+        raise TaskError(f"model {family}: depth must be in 1..{MAX_DEPTH[family]}, got {depth}")
+    channels, height, width = input_shape
+    if family == "mlp":
+        return MLP(channels * height * width, depth, num_classes)
+    if family == "cnn":
+        return CNN(channels, min(height, width), depth, num_classes)
+    return ResNet(channels, depth, num_classes)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_features: int, depth: int, num_classes: int, width: int = 256) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+class CNN(nn.Sequential):
+    def __init__(self, channels: int, size: int, depth: int, num_classes: int) -> None:
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            width = 32 * 2 ** min(i, 2)  # 32, 64, 128, 128, ...
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+        super().__init__(*layers)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convs with a shortcut: identity when the shape is kept, 1×1 projection otherwise."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, channels: int, blocks_per_stage: int, num_classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+        )
+        blocks: list[nn.Module] = []
+        in_channels = 16
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(in_channels, width, stride))
+                in_channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
