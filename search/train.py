@@ -1,0 +1,152 @@
+"""The training loop. It knows nothing of Optuna: plain hyperparameters in, a history out.
+
+On CUDA the step runs under bf16 autocast with channels_last tensors; on the CPU it is plain
+float32. The step loop never waits for the device: the loss is summed on the device and read once
+per epoch, which is also where a NaN/inf loss is caught.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.errors import Diverged, SettingsError
+from search.tasks.data import DeviceData, layout_for
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+EVAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What the loop needs; a space samples some of these, the rest keep these defaults.
+
+    Attributes:
+        lr: learning rate.
+        batch_size: examples per step (the last partial batch of an epoch is dropped).
+        optimizer: one of ``sgd``, ``adam``, ``rmsprop``.
+        momentum: for ``sgd`` and ``rmsprop``; ignored by ``adam``.
+        weight_decay: L2 penalty, as the optimizers apply it.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    val_accuracy: float
+    seconds: float  # wall time of the epoch, training and evaluation
+    images_per_second: float  # training throughput
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:1`` ...) checked against this machine, or the best one."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SettingsError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SettingsError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise SettingsError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
+
+
+def make_optimizer(hp: Hyperparameters, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def fit(
+    model: nn.Module,
+    data: DeviceData,
+    hp: Hyperparameters,
+    *,
+    epochs: int,
+    seed: int,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> list[EpochResult]:
+    """Train ``model`` on ``data`` for ``epochs`` epochs; call ``on_epoch`` after each one.
+
+    ``on_epoch`` may raise to stop training (the objective raises ``optuna.TrialPruned``).
+
+    Raises:
+        Diverged: the mean training loss of an epoch was NaN or infinite.
+    """
+    device = data.device
+    if hp.batch_size > data.n_train:
+        raise ValueError(f"batch_size {hp.batch_size} exceeds the {data.n_train} training examples")
+    model.to(device=device, memory_format=layout_for(device))
+    optimizer = make_optimizer(hp, model.parameters())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    steps = data.n_train // hp.batch_size
+    history: list[EpochResult] = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for x, y in data.batches(hp.batch_size, generator):
+            with _autocast(device):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float()
+        train_loss = (loss_sum / steps).item()  # the one host sync of the epoch's training
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise Diverged(epoch, train_loss)
+        val_accuracy = evaluate(model, data.val_x, data.val_y)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_accuracy=val_accuracy,
+            seconds=time.perf_counter() - start,
+            images_per_second=steps * hp.batch_size / train_seconds,
+        )
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+    return history
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Accuracy of ``model`` on ``x``/``y`` (already on its device), in large batches, one sync."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), batch_size):
+        with _autocast(x.device):
+            logits = model(x[start : start + batch_size])
+        correct += (logits.argmax(dim=1) == y[start : start + batch_size]).sum()
+    return correct.item() / len(y)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
