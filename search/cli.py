@@ -1,0 +1,133 @@
+"""The `search` command: parse, call one library function, print.
+
+A `SearchError` (or a bad flag) prints one line and exits 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from search import study as studies
+from search.errors import SearchError
+from search.progress import format_params
+from search.summary import best_value, list_studies, show, state_counts
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
+    parser = _Parser(prog="search", description="Hyperparameter search for PyTorch, on Optuna.", parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", parents=[common], help="run or resume a study")
+    run.add_argument("--trials", type=int, required=True, help="target number of finished trials in the study")
+    run.add_argument("--study", help="study name (default: the space's name)")
+    run.add_argument("--space", help="space file or shipped space name (default: digits)")
+    run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/STUDY.db)")
+    run.add_argument("--sampler", choices=studies.SAMPLERS, help="default: tpe")
+    run.add_argument("--pruner", choices=studies.PRUNERS, help="default: median")
+    run.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
+    run.add_argument("--seed", type=int, help="study seed; each trial derives its own (default: 0)")
+    run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument("--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)")
+    run.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+
+    listing = commands.add_parser("list", parents=[common], help="list studies with trial counts and best value")
+    listing.add_argument("--storage", help="storage URL (default: every studies/*.db)")
+
+    show = commands.add_parser("show", parents=[common], help="show a study's settings and best trial")
+    show.add_argument("study")
+    show.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        return _COMMANDS[args.command](args)
+    except SearchError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"search {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\nsearch {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.runner import RunSettings, run, study_name  # imports torch: only `run` trains
+
+    settings = RunSettings(
+        trials=args.trials,
+        study=args.study,
+        space=args.space,
+        storage=args.storage,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        epochs=args.epochs,
+        seed=args.seed,
+        timeout=args.timeout,
+        device=args.device,
+        data_dir=args.data_dir.expanduser(),
+        download=args.download,
+    )
+    try:
+        result = run(settings)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; finished trials are saved. Resume with: "
+            f"search run --study {study_name(settings)} --trials {args.trials}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    study = result.study
+    print(f"{study.study_name}: {state_counts(study)} in {result.seconds:.1f} s")
+    print(f"best: {best_value(study)}")
+    if study.best_trials:
+        print(f"      {format_params(study.best_trial.params)}")
+    print(f"database: {studies.describe(result.storage_url)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    urls = [args.storage] if args.storage else studies.local_urls()
+    lines = list_studies(urls)
+    print("\n".join(lines) if lines else f"no studies in {args.storage or studies.STUDIES_DIR}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    url = args.storage or studies.default_url(args.study)
+    print(show(studies.load_existing(args.study, url), url))
+    return 0
+
+
+_COMMANDS = {"run": _run, "list": _list, "show": _show}
+
+
+def _configure_logging(debug: bool) -> None:
+    import optuna
+
+    # The run prints its own line per trial; Optuna's per-trial log would repeat it.
+    optuna.logging.set_verbosity(logging.INFO if debug else logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
+
+Every trial, however it ends, records what it cost as user attrs: its seed, device, parameter
+count, epochs run, per-epoch seconds, images/s and train loss, and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+from typing import Any
+
+import optuna
+import torch
+
+from search.errors import TrialFailure
+from search.spaces import Space
+from search.study import trial_seed
+from search.tasks import Task, models
+from search.tasks.data import DeviceData
+from search.train import EpochResult, Hyperparameters, fit
+
+_HYPERPARAMETER_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters)}
+
+
+def hyperparameters(params: dict[str, Any]) -> tuple[Hyperparameters, int]:
+    """Split sampled params into the training loop's hyperparameters and the model depth."""
+    hp = Hyperparameters(**{k: v for k, v in params.items() if k in _HYPERPARAMETER_FIELDS})
+    return hp, int(params.get("depth", 1))
+
+
+class Objective:
+    """Trains one configuration per trial on data already on the device; maximizes val accuracy."""
+
+    def __init__(self, space: Space, task: Task, data: DeviceData, *, epochs: int, seed: int) -> None:
+        self.space = space
+        self.task = task
+        self.data = data
+        self.epochs = epochs
+        self.seed = seed
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.space.suggest(trial)
+        hp, depth = hyperparameters(params)
+        seed = trial_seed(self.seed, trial.number)
+        device = self.data.device
+        torch.manual_seed(seed)  # model initialization
+        model = models.build(self.space.model, depth, self.task.input_shape, self.task.num_classes)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        history: list[EpochResult] = []
+
+        def report_and_maybe_prune(result: EpochResult) -> None:
+            history.append(result)
+            trial.report(result.val_accuracy, result.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
+
+        attrs: dict[str, Any] = {
+            "seed": seed,
+            "device": str(device),
+            "param_count": sum(p.numel() for p in model.parameters()),
+        }
+        failure: TrialFailure | None = None
+        try:
+            fit(model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune)
+        except TrialFailure as e:
+            failure = e
+            raise
+        finally:
+            attrs.update(_costs(history, device))
+            if failure is not None:
+                # The failing epoch ran but reported nothing, so it is not in the history.
+                attrs.update(fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch)
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        return max(result.val_accuracy for result in history)
+
+
+def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        # The CPU has no per-trial allocator statistics: this is the process's peak RSS.
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "epochs_run": len(history),
+        "epoch_seconds": [round(r.seconds, 4) for r in history],
+        "images_per_second": [round(r.images_per_second, 1) for r in history],
+        "train_loss": [r.train_loss for r in history],
+        "peak_memory_mb": round(peak_mb, 1),
+    }

@@ -1,0 +1,55 @@
+"""What `search run` prints while it works: a progress bar over trials and one line per trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped."""
+    state = trial.state.name
+    epochs = trial.user_attrs.get("epochs_run", 0)
+    seconds = sum(trial.user_attrs.get("epoch_seconds", []))
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"val_acc {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED:
+        best = max(trial.intermediate_values.values(), default=float("nan"))
+        outcome = f"val_acc {best:.4f} pruned at epoch {epochs}"
+    else:
+        outcome = trial.user_attrs.get("fail_detail", "failed")
+    return f"#{trial.number:<4} {state:<8} {outcome}  {format_params(trial.params)}  {epochs} epochs {seconds:.1f}s"
+
+
+class TrialLog:
+    """An Optuna callback: advances a progress bar (on a terminal) and prints each finished trial."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = tqdm(total=total, unit="trial", disable=None, leave=False, dynamic_ncols=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.bar.write(trial_line(trial))
+        self.bar.update(1)
+        try:
+            self.bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
+        except ValueError:  # no completed trial yet
+            pass
+
+    def __enter__(self) -> TrialLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

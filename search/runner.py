@@ -1,0 +1,189 @@
+"""`search run`: resolve settings, check everything, then create or resume a study and optimize it.
+
+All checks (space, task, data, sampler, pruner, storage, a resumed study's stored settings) happen
+before a study is created or changed, so bad input never leaves a half-made study behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search import spaces, study as studies, tasks
+from search.errors import SettingsError, SpaceError, StorageError, TrialFailure
+from search.objective import Objective, hyperparameters
+from search.progress import TrialLog
+from search.spaces import Space
+from search.tasks.data import DeviceData
+from search.train import pick_device
+
+# Search settings fixed when a study is created; a resume that names a different one is refused.
+FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What `search run` was asked; None means "the study's stored value, or the default"."""
+
+    trials: int
+    study: str | None = None
+    space: str | None = None
+    storage: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    timeout: float | None = None
+    device: str | None = None
+    data_dir: Path = Path("data")
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    study: optuna.Study
+    storage_url: str
+    finished_before: int
+    finished: int
+    seconds: float
+
+
+def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
+    """Run ``settings.trials`` finished trials in total on the study, resuming it if it exists."""
+    _check_ranges(settings)
+    name = study_name(settings)
+    url = settings.storage or studies.default_url(name)
+    if settings.storage is None:
+        studies.check_name(name)
+    storage, existing = _load_existing(url, name)
+    if existing is not None:
+        space, fixed = _resume_settings(existing, settings, url)
+    else:
+        space = spaces.load(settings.space)
+        fixed = {
+            "sampler": settings.sampler or "tpe",
+            "pruner": settings.pruner or "median",
+            "seed": 0 if settings.seed is None else settings.seed,
+            "epochs": settings.epochs or space.epochs,
+        }
+
+    task = tasks.get(space.task)
+    device = pick_device(settings.device)
+    split = task.load(settings.data_dir, settings.download, True)
+    data = DeviceData.from_split(
+        split, val_fraction=space.val_fraction, seed=fixed["seed"], device=device, augment=task.augment
+    )
+    _check_batch_sizes(space, data.n_train)
+    sampler = studies.make_sampler(fixed["sampler"], fixed["seed"], conditional=space.has_conditions)
+    pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
+
+    # Everything is checked: only now is a study created or changed.
+    if existing is None:
+        storage = storage or studies.open_storage(url, create=True)
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
+        )
+        study.set_user_attr(studies.SPACE_ATTR, space.data)
+        study.set_user_attr(
+            studies.SETTINGS_ATTR,
+            {**fixed, "space_name": space.name, "space_source": space.source, "task": space.task, "model": space.model},
+        )
+        study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
+        echo(f"created study {name} (space {space.source}, {fixed['sampler']} sampler, {fixed['pruner']} pruner) in {studies.describe(url)}")
+    else:
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+
+    finished_before = studies.count_finished(study)
+    remaining = settings.trials - finished_before
+    start = time.perf_counter()
+    if remaining <= 0:
+        echo(f"study {name} already has {finished_before} finished trials (target {settings.trials}); nothing to run")
+    else:
+        verb = "resuming" if finished_before else "running"
+        echo(f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, running {remaining} more on {device}")
+        objective = Objective(space, task, data, epochs=fixed["epochs"], seed=fixed["seed"])
+        with TrialLog(total=remaining) as log:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=settings.timeout,
+                catch=(TrialFailure,),
+                callbacks=[log],
+            )
+    return RunResult(study, url, finished_before, studies.count_finished(study), time.perf_counter() - start)
+
+
+def study_name(settings: RunSettings) -> str:
+    """The study a run works on: ``--study``, or the space's name."""
+    return settings.study or spaces.resolve(settings.space).stem
+
+
+def _check_ranges(settings: RunSettings) -> None:
+    if settings.trials < 1:
+        raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.epochs is not None and settings.epochs < 1:
+        raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
+    if settings.timeout is not None and settings.timeout <= 0:
+        raise SettingsError(f"--timeout must be positive seconds, got {settings.timeout}")
+    if settings.sampler is not None and settings.sampler not in studies.SAMPLERS:
+        raise SettingsError(f"--sampler {settings.sampler!r}: unknown; choose one of {', '.join(studies.SAMPLERS)}")
+    if settings.pruner is not None and settings.pruner not in studies.PRUNERS:
+        raise SettingsError(f"--pruner {settings.pruner!r}: unknown; choose one of {', '.join(studies.PRUNERS)}")
+
+
+def _load_existing(
+    url: str, name: str
+) -> tuple[optuna.storages.BaseStorage | None, optuna.Study | None]:
+    """The storage if it exists, and the study if it exists in it; never creates a SQLite file."""
+    path = studies.sqlite_path(url)
+    if path is not None and not path.exists():
+        return None, None
+    storage = studies.open_storage(url, create=path is None)
+    if name not in studies.study_names(storage):
+        return storage, None
+    return storage, optuna.load_study(storage=storage, study_name=name)
+
+
+def _resume_settings(study: optuna.Study, settings: RunSettings, url: str) -> tuple[Space, dict[str, Any]]:
+    attrs = study.user_attrs
+    if studies.SETTINGS_ATTR not in attrs or studies.SPACE_ATTR not in attrs:
+        raise StorageError(f"study {study.study_name} in {studies.describe(url)} was not created by search run")
+    stored = attrs[studies.SETTINGS_ATTR]
+    space = spaces.from_data(attrs[studies.SPACE_ATTR], name=stored["space_name"], source=f"study {study.study_name}")
+    if settings.space is not None:
+        given = spaces.load(settings.space)
+        changed = spaces.diff(space.data, given.data)
+        if changed:
+            raise SpaceError(
+                f"{given.source}: {changed}: differs from the space study {study.study_name} was created "
+                f"with ({stored['space_source']}); start a new study with --study NEW_NAME"
+            )
+    for key in FIXED_SETTINGS:
+        value = getattr(settings, key)
+        if value is not None and value != stored[key]:
+            raise SettingsError(
+                f"--{key} {value}: study {study.study_name} was created with --{key} {stored[key]}; "
+                "a study's search settings are fixed, start a new study with --study NEW_NAME"
+            )
+    return space, {key: stored[key] for key in FIXED_SETTINGS}
+
+
+def _check_batch_sizes(space: Space, n_train: int) -> None:
+    for param in space.params:
+        if param.name == "batch_size":
+            largest = max(spaces.extremes(param.distribution))
+            if largest > n_train:
+                raise SpaceError(
+                    f"{space.source}: params.batch_size: {largest} exceeds the {n_train} training "
+                    f"examples of task {space.task}"
+                )
+            return
+    default = hyperparameters({})[0].batch_size
+    if default > n_train:
+        raise SpaceError(f"{space.source}: the default batch size {default} exceeds the {n_train} training examples")

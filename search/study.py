@@ -1,0 +1,215 @@
+"""Storages, samplers and pruners by name, and what a study records about itself.
+
+This is the only module that parses storage URLs. The default storage of study ``NAME`` is
+``sqlite:///studies/NAME.db`` relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+import sqlalchemy.engine
+import sqlalchemy.exc
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import SettingsError, StorageError
+
+if TYPE_CHECKING:
+    import torch
+
+STUDIES_DIR = Path("studies")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+PRUNERS = ("median", "hyperband", "sha", "none")
+# A FAIL with one of these reasons says something about its configuration, so it counts as a
+# finished trial; any other FAIL (a crash, an interrupt) is work still to do.
+COUNTED_FAIL_REASONS = ("diverged", "oom")
+SETTINGS_ATTR = "search.settings"
+SPACE_ATTR = "search.space"
+ENVIRONMENT_ATTR = "search.environment"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """A study name, which also names its default database file."""
+    if not _NAME.fullmatch(name):
+        raise SettingsError(
+            f"study name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or digit)"
+        )
+    return name
+
+
+def default_url(name: str) -> str:
+    return f"sqlite:///{STUDIES_DIR / check_name(name)}.db"
+
+
+def describe(url: str) -> str:
+    """A URL fit to print: the password hidden."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other (or in-memory) storages."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
+    """Open an RDB storage. With ``create=False`` a missing SQLite file is an error, not a new file.
+
+    Raises:
+        StorageError: the URL is malformed, its driver is missing, or the database is unreachable.
+    """
+    parsed = _parse(url)
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise StorageError(f"no study database at {path} (search list shows the studies)")
+            if path.parent == STUDIES_DIR:
+                path.parent.mkdir(exist_ok=True)
+            elif not path.parent.is_dir():
+                raise StorageError(f"storage {url}: folder {path.parent} does not exist")
+        # Wait for a busy database instead of failing at once (a dashboard may be reading it).
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    elif parsed.get_backend_name() == "sqlite" and not create:
+        raise StorageError(f"storage {url}: an in-memory database holds no studies")
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError as e:
+        raise StorageError(f"storage {describe(url)}: driver not installed ({e})") from None
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"storage {describe(url)}: {first_line}") from None
+
+
+def _parse(url: str) -> sqlalchemy.engine.URL:
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(
+            f"--storage {url!r}: not a storage URL (e.g. sqlite:///studies/NAME.db, "
+            "postgresql://user@host/db)"
+        ) from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.samplers.BaseSampler:
+    """A sampler by name. ``conditional``: the space has params sampled only under a condition."""
+    if name == "tpe":
+        with warnings.catch_warnings():
+            # `group` is marked experimental; it is what lets TPE model conditional params jointly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles the numeric params; categoricals fall back to its independent sampler.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+    raise SettingsError(f"--sampler {name!r}: unknown; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """A pruner by name, set up for trials that report once per epoch (steps 1..epochs)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SettingsError(f"--pruner {name!r}: unknown; choose one of {', '.join(PRUNERS)}")
+
+
+def is_finished(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards the study's ``--trials`` target."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") in COUNTED_FAIL_REASONS
+
+
+def count_finished(study: optuna.Study) -> int:
+    return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """A trial's own seed, derived from the study's seed and the trial number."""
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0] >> 1)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Package versions, device and git revision, recorded on the study when it is created."""
+    import torch  # here, not at the top: reading studies must not need torch
+    packages = ("search", "torch", "torchvision", "optuna", "sqlalchemy", "numpy", "scikit-learn")
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return {
+        "versions": versions,
+        "device": str(device),
+        "device_name": device_name,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "platform": platform.platform(),
+        "git_sha": _git_sha(),
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def local_urls() -> list[str]:
+    """The storage URLs of the SQLite files in studies/."""
+    return [f"sqlite:///{path}" for path in sorted(STUDIES_DIR.glob("*.db"))]
+
+
+def load_existing(name: str, url: str) -> optuna.Study:
+    """A study that must already exist; `StorageError` naming the studies there otherwise."""
+    storage = open_storage(url, create=False)
+    names = study_names(storage)
+    if name not in names:
+        raise StorageError(
+            f"no study {name!r} in {describe(url)}; it has: {', '.join(names) or 'no studies'}"
+        )
+    return optuna.load_study(storage=storage, study_name=name)
