@@ -1,13 +1,14 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
 Every trial, however it ends, records what it cost as user attrs: its seed, device, parameter
-count, epochs run, per-epoch seconds, images/s and train loss, and peak memory.
+count, epochs run, training seconds, per-epoch seconds, images/s and train loss, and peak memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import resource
+import time
 from typing import Any
 
 import optuna
@@ -62,13 +63,14 @@ class Objective:
             "param_count": sum(p.numel() for p in model.parameters()),
         }
         failure: TrialFailure | None = None
+        start = time.perf_counter()
         try:
             fit(model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune)
         except TrialFailure as e:
             failure = e
             raise
         finally:
-            attrs.update(_costs(history, device))
+            attrs.update(_costs(history, device), seconds=round(time.perf_counter() - start, 4))
             if failure is not None:
                 # The failing epoch ran but reported nothing, so it is not in the history.
                 attrs.update(fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch)

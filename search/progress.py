@@ -17,7 +17,7 @@ def trial_line(trial: FrozenTrial) -> str:
     """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped."""
     state = trial.state.name
     epochs = trial.user_attrs.get("epochs_run", 0)
-    seconds = sum(trial.user_attrs.get("epoch_seconds", []))
+    seconds = trial.user_attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
         outcome = f"val_acc {trial.value:.4f}"
     elif trial.state == TrialState.PRUNED:

@@ -215,6 +215,7 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
 
 
 _KIND_WORD = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_KIND_PLURAL = {str: "strings", int: "integers", float: "numbers"}
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -267,7 +268,7 @@ def _categorical(
         raise fail("choices must not be empty")
     for choice in choices:
         if not _is(choice, domain.kind):
-            raise fail(f"choices must be {_KIND_WORD[domain.kind]}s, got {choice!r}")
+            raise fail(f"choices must be {_KIND_PLURAL[domain.kind]}, got {choice!r}")
     if len(set(choices)) != len(choices):
         raise fail(f"choices must be distinct, got {choices!r}")
     return optuna.distributions.CategoricalDistribution(choices)

@@ -69,7 +69,7 @@ def show(study: optuna.Study, url: str) -> str:
     except ValueError:
         lines.append("best    no completed trial yet")
         return "\n".join(lines)
-    seconds = sum(best.user_attrs.get("epoch_seconds", []))
+    seconds = best.user_attrs.get("seconds", 0.0)
     throughput = best.user_attrs.get("images_per_second") or [0]
     lines.append(f"best    trial {best.number}  val_acc {best.value:.4f}")
     lines += [f"        {k} = {v}" for k, v in best.params.items()]

@@ -1,0 +1,89 @@
+"""Shared helpers: space files written for a test, and the CLI run in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def toml(data: dict[str, Any]) -> str:
+    """Render the small subset of TOML that space files use (tables of scalars, lists, inline tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines: list[str] = []
+
+    def table(prefix: str, body: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in body.items() if not (isinstance(v, dict) and k != "when")}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        lines.extend(f'"{k}" = {value(v)}' for k, v in scalars.items())
+        for k, v in body.items():
+            if isinstance(v, dict) and k != "when":
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines) + "\n"
+
+
+def tiny_space(**task: Any) -> dict[str, Any]:
+    """A digits space small enough for CLI tests: 2 epochs, depth 1-2, every optimizer."""
+    return {
+        "task": {"name": "digits", "model": "cnn", "epochs": 2, "val_fraction": 0.25, **task},
+        "params": {
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+            "batch_size": {"type": "categorical", "choices": [64, 128]},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
+            "momentum": {"type": "float", "low": 0.0, "high": 0.9, "when": {"optimizer": ["sgd", "rmsprop"]}},
+            "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+            "depth": {"type": "int", "low": 1, "high": 2},
+        },
+    }
+
+
+@pytest.fixture
+def write_space(tmp_path: Path):
+    def write(data: dict[str, Any] | str, name: str = "tiny") -> Path:
+        path = tmp_path / "spaces" / f"{name}.toml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(data if isinstance(data, str) else toml(data), encoding="utf-8")
+        return path
+
+    return write
+
+
+def _search_command() -> list[str]:
+    script = Path(sys.executable).with_name("search")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Run `search ...` in a subprocess with the test's temporary folder as working directory."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(
+            [*_search_command(), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from search import spaces, study as studies, tasks
+from search.errors import SettingsError, StorageError, TrialFailure
+from search.objective import Objective
+from search.tasks.data import DeviceData
+
+from conftest import tiny_space
+
+
+def test_default_storage_is_one_sqlite_file_per_study() -> None:
+    assert studies.default_url("mnist-a") == "sqlite:///studies/mnist-a.db"
+    assert studies.sqlite_path("sqlite:///studies/mnist-a.db") == Path("studies/mnist-a.db")
+    assert studies.sqlite_path("postgresql://u:p@host/db") is None
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a/b", "-x", "with space"])
+def test_study_names_that_cannot_name_a_file_are_refused(name: str) -> None:
+    with pytest.raises(SettingsError, match="study name"):
+        studies.default_url(name)
+
+
+def test_opening_a_missing_sqlite_file_to_read_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nope.db"
+    with pytest.raises(StorageError, match=f"no study database at {path}"):
+        studies.open_storage(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("studies/x.db", "not a storage URL"),
+        ("sqlite:////no/such/folder/x.db", "folder /no/such/folder does not exist"),
+        ("postgresql://user:secret@127.0.0.1:1/db", "storage postgresql://user:***@127.0.0.1:1/db:"),
+        ("nosuchdb://host/db", "storage nosuchdb://host/db:"),
+    ],
+)
+def test_bad_or_unreachable_storage_is_one_clear_error(url: str, says: str) -> None:
+    with pytest.raises(StorageError) as e:
+        studies.open_storage(url, create=True)
+    assert says in str(e.value)
+    assert "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", studies.SAMPLERS)
+def test_every_sampler_samples_the_shipped_space(name: str) -> None:
+    space = spaces.load("digits")
+    sampler = studies.make_sampler(name, seed=0, conditional=space.has_conditions)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for _ in range(12):
+        trial = study.ask()
+        params = space.suggest(trial)
+        # A smooth stand-in for accuracy, so model-based samplers have something to fit.
+        study.tell(trial, -abs(params["lr"] - 0.01) - params["depth"] * 1e-3)
+    assert len(study.trials) == 12
+
+
+def test_same_seed_samples_the_same_configurations() -> None:
+    space = spaces.load("digits")
+
+    def sample(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=studies.make_sampler("tpe", seed, conditional=True))
+        out = []
+        for _ in range(15):
+            trial = study.ask()
+            out.append(space.suggest(trial))
+            study.tell(trial, float(len(out) % 4))
+        return out
+
+    assert sample(3) == sample(3) != sample(4)
+
+
+@pytest.mark.parametrize("name", studies.PRUNERS)
+def test_every_pruner_builds(name: str) -> None:
+    assert isinstance(studies.make_pruner(name, epochs=10), optuna.pruners.BasePruner)
+
+
+def test_unknown_sampler_and_pruner() -> None:
+    with pytest.raises(SettingsError, match="--sampler 'bayes': unknown; choose one of tpe, random"):
+        studies.make_sampler("bayes", 0)
+    with pytest.raises(SettingsError, match="--pruner 'asha': unknown"):
+        studies.make_pruner("asha", 10)
+
+
+def test_trial_seeds_are_deterministic_and_distinct() -> None:
+    seeds = [studies.trial_seed(0, n) for n in range(1000)]
+    assert len(set(seeds)) == 1000
+    assert seeds[:3] == [studies.trial_seed(0, n) for n in range(3)]
+    assert studies.trial_seed(1, 0) != seeds[0]
+
+
+def test_only_configuration_failures_count_as_finished(tmp_path: Path) -> None:
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.tell(study.ask(), 1.0)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    diverged = study.ask()
+    diverged.set_user_attr("fail_reason", "diverged")
+    study.tell(diverged, state=optuna.trial.TrialState.FAIL)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # a crash: still to do
+    study.ask()  # running
+    assert studies.count_finished(study) == 3
+
+
+def test_environment_records_versions_and_device() -> None:
+    env = studies.environment(torch.device("cpu"))
+    assert torch.__version__.startswith(env["versions"]["torch"])
+    assert env["versions"]["optuna"] == optuna.__version__
+    assert env["device"] == "cpu" and env["cuda"] is None
+
+
+# The objective, in process, on a real SQLite study.
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> DeviceData:
+    split = tasks.get("digits").load(None, False, True)
+    return DeviceData.from_split(split, val_fraction=0.25, seed=0, device=torch.device("cpu"))
+
+
+def _objective(space_path: Path, data: DeviceData, epochs: int = 3) -> Objective:
+    space = spaces.load(space_path)
+    return Objective(space, tasks.get(space.task), data, epochs=epochs, seed=0)
+
+
+def test_a_bad_configuration_is_pruned_and_costs_are_recorded(tmp_path, write_space, digits_data) -> None:
+    objective = _objective(write_space(tiny_space()), digits_data, epochs=4)
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'p.db'}", create=True)
+    study = optuna.create_study(
+        storage=storage, study_name="p", direction="maximize", pruner=studies.make_pruner("median", 4)
+    )
+    good = {"lr": 0.01, "batch_size": 64, "optimizer": "adam", "weight_decay": 1e-5, "depth": 2}
+    bad = {"lr": 1e-3, "batch_size": 128, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 1e-5, "depth": 1}
+    for _ in range(5):
+        study.enqueue_trial(good)
+    study.enqueue_trial(bad)
+    study.optimize(objective, n_trials=6, catch=(TrialFailure,))
+
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
+    assert trials[0].value == max(trials[0].intermediate_values.values()) > 0.9
+    pruned = trials[-1]
+    assert pruned.user_attrs["epochs_run"] == len(pruned.intermediate_values) < 4
+    for t in trials:
+        attrs = t.user_attrs
+        assert len(attrs["epoch_seconds"]) == len(attrs["images_per_second"]) == attrs["epochs_run"]
+        assert attrs["param_count"] > 0 and attrs["peak_memory_mb"] > 0 and attrs["device"] == "cpu"
+        assert attrs["seed"] == studies.trial_seed(0, t.number)

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from search import tasks
+from search.errors import Diverged, SettingsError
+from search.tasks import models
+from search.tasks import Split
+from search.tasks.data import DeviceData, crop_flip
+from search.train import EpochResult, Hyperparameters, evaluate, fit, pick_device
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> DeviceData:
+    split = tasks.get("digits").load(None, False, True)
+    return DeviceData.from_split(split, val_fraction=0.25, seed=0, device=CPU)
+
+
+def _model(family: str = "cnn", depth: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build(family, depth, (1, 8, 8), 10)
+
+
+def test_fit_learns_digits_and_reports_every_epoch(digits: DeviceData) -> None:
+    seen: list[EpochResult] = []
+    history = fit(_model(), digits, Hyperparameters(lr=3e-3, batch_size=64), epochs=4, seed=1, on_epoch=seen.append)
+    assert seen == history
+    assert [r.epoch for r in history] == [1, 2, 3, 4]
+    assert history[-1].val_accuracy > 0.9
+    assert history[-1].train_loss < history[0].train_loss
+    assert all(r.seconds > 0 and r.images_per_second > 0 for r in history)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_each_optimizer_trains(digits: DeviceData, optimizer: str) -> None:
+    lr = {"sgd": 0.05, "adam": 3e-3, "rmsprop": 1e-3}[optimizer]
+    hp = Hyperparameters(lr=lr, batch_size=64, optimizer=optimizer, momentum=0.9, weight_decay=1e-4)
+    history = fit(_model(), digits, hp, epochs=3, seed=1)
+    assert history[-1].val_accuracy > 0.8
+
+
+def test_same_seed_same_history_other_seed_differs(digits: DeviceData) -> None:
+    hp = Hyperparameters(lr=1e-2, batch_size=128, optimizer="sgd", momentum=0.5)
+    first = [r.train_loss for r in fit(_model(), digits, hp, epochs=2, seed=7)]
+    again = [r.train_loss for r in fit(_model(), digits, hp, epochs=2, seed=7)]
+    other = [r.train_loss for r in fit(_model(), digits, hp, epochs=2, seed=8)]
+    assert first == again
+    assert first != other
+
+
+def test_a_diverging_loss_stops_at_that_epoch(digits: DeviceData) -> None:
+    hp = Hyperparameters(lr=1e3, batch_size=64, optimizer="sgd", momentum=0.9)
+    seen: list[EpochResult] = []
+    with pytest.raises(Diverged) as e:
+        fit(_model("mlp"), digits, hp, epochs=10, seed=1, on_epoch=seen.append)
+    assert e.value.reason == "diverged"
+    assert e.value.epoch == 1
+    assert seen == []
+
+
+def test_on_epoch_can_stop_training(digits: DeviceData) -> None:
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def stop_after_two(result: EpochResult) -> None:
+        seen.append(result.epoch)
+        if result.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(_model(), digits, Hyperparameters(batch_size=64), epochs=10, seed=1, on_epoch=stop_after_two)
+    assert seen == [1, 2]
+
+
+def test_batch_larger_than_the_training_set_is_refused(digits: DeviceData) -> None:
+    with pytest.raises(ValueError, match="exceeds the"):
+        fit(_model(), digits, Hyperparameters(batch_size=digits.n_train + 1), epochs=1, seed=1)
+
+
+def test_evaluate_counts_correct_predictions(digits: DeviceData) -> None:
+    class Oracle(torch.nn.Module):
+        def __init__(self, labels: torch.Tensor) -> None:
+            super().__init__()
+            self.labels = labels
+            self.seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.labels[self.seen : self.seen + len(x)]
+            self.seen += len(x)
+            return torch.nn.functional.one_hot(y, 10).float()
+
+    y = digits.val_y.clone()
+    y[:10] = (y[:10] + 1) % 10  # ten wrong answers
+    assert evaluate(Oracle(y), digits.val_x, digits.val_y, batch_size=100) == pytest.approx(
+        1 - 10 / len(y)
+    )
+
+
+def test_validation_split_is_seeded_disjoint_and_normalized() -> None:
+    split = tasks.get("digits").load(None, False, True)
+    a = DeviceData.from_split(split, val_fraction=0.25, seed=3, device=CPU)
+    b = DeviceData.from_split(split, val_fraction=0.25, seed=3, device=CPU)
+    c = DeviceData.from_split(split, val_fraction=0.25, seed=4, device=CPU)
+    assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
+    assert a.n_train + len(a.val_y) == len(split.labels)
+    assert len(a.val_y) == round(len(split.labels) * 0.25)
+    assert a.train_x.mean().abs() < 1e-4 and (a.train_x.std() - 1).abs() < 1e-2
+
+
+def test_validation_and_training_parts_share_no_example() -> None:
+    n = 200
+    numbered = Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n) % 10)
+    data = DeviceData.from_split(numbered, val_fraction=0.3, seed=0, device=CPU)
+    # Normalization is monotonic, so distinct raw images stay distinct values.
+    train, val = set(data.train_x.flatten().tolist()), set(data.val_x.flatten().tolist())
+    assert len(train) == 140 and len(val) == 60 and not train & val
+
+
+def test_batches_are_full_distinct_and_seeded(digits: DeviceData) -> None:
+    def epoch(seed: int) -> list[torch.Tensor]:
+        return [y for _, y in digits.batches(100, torch.Generator().manual_seed(seed))]
+
+    batches = epoch(5)
+    assert len(batches) == digits.n_train // 100
+    assert all(len(b) == 100 for b in batches)
+    assert all(torch.equal(x, y) for x, y in zip(batches, epoch(5)))
+    assert not all(torch.equal(x, y) for x, y in zip(batches, epoch(6)))
+
+
+def test_crop_flip_moves_each_image_by_at_most_the_padding() -> None:
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6) + 1
+    out = crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        candidates = [
+            window
+            for dy, dx in itertools.product(range(5), range(5))
+            for window in (padded[i, :, dy : dy + 6, dx : dx + 6],)
+            for window in (window, window.flip(-1))
+        ]
+        assert any(torch.equal(out[i], c) for c in candidates)
+
+
+def test_pick_device() -> None:
+    assert pick_device("cpu") == CPU
+    assert pick_device(None).type in ("cpu", "cuda")
+    with pytest.raises(SettingsError, match="--device 'tpu9'"):
+        pick_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(SettingsError, match="--device cuda: CUDA is not available"):
+            pick_device("cuda")
