@@ -62,18 +62,23 @@ class Objective:
             "device": str(device),
             "param_count": sum(p.numel() for p in model.parameters()),
         }
-        failure: TrialFailure | None = None
         start = time.perf_counter()
         try:
             fit(model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune)
-        except TrialFailure as e:
-            failure = e
+        except TrialFailure as failure:
+            # The failing epoch ran but reported nothing, so it is not in the history.
+            attrs.update(fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch)
+            raise
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            attrs.update(fail_reason="interrupted", fail_detail="interrupted")
+            raise
+        except Exception as error:
+            attrs.update(fail_reason="error", fail_detail=f"{type(error).__name__}: {error}")
             raise
         finally:
-            attrs.update(_costs(history, device), seconds=round(time.perf_counter() - start, 4))
-            if failure is not None:
-                # The failing epoch ran but reported nothing, so it is not in the history.
-                attrs.update(fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch)
+            attrs = {**_costs(history, device), "seconds": round(time.perf_counter() - start, 4), **attrs}
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
         return max(result.val_accuracy for result in history)

@@ -66,7 +66,7 @@ def write_space(tmp_path: Path):
     return write
 
 
-def _search_command() -> list[str]:
+def search_command() -> list[str]:
     script = Path(sys.executable).with_name("search")
     return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
 
@@ -78,7 +78,7 @@ def cli(tmp_path: Path):
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.run(
-            [*_search_command(), *args],
+            [*search_command(), *args],
             cwd=tmp_path,
             env=env,
             capture_output=True,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -10,7 +13,7 @@ import pytest
 
 from search import study as studies
 
-from conftest import tiny_space
+from conftest import search_command, tiny_space
 from tasks.formats import write_mnist
 
 
@@ -182,3 +185,28 @@ def test_sqlite_file_is_a_real_optuna_database(cli, tmp_path, write_space) -> No
     with sqlite3.connect(tmp_path / "studies" / "tiny.db") as db:
         states = [row[0] for row in db.execute("select state from trials order by number")]
     assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
+
+
+def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(cli, tmp_path, write_space) -> None:
+    space = write_space(tiny_space(epochs=40))
+    command = [*search_command(), "run", "--space", str(space), "--trials", "3", "--pruner", "none"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("#0"):
+            break  # trial 0 finished: trial 1 is training now
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Resume with: search run --study tiny --trials 3" in stderr
+
+    study = _load(tmp_path, "tiny")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    assert studies.count_finished(study) == 1
+
+    resumed = cli("run", "--study", "tiny", "--trials", "3")
+    assert resumed.returncode == 0 and "running 2 more" in resumed.stdout
+    assert studies.count_finished(_load(tmp_path, "tiny")) == 3
