@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from search.errors import SearchError, SettingsError, SpaceError, StorageError, TaskError, TrialFailure
+from search.errors import (
+    SearchError,
+    SettingsError,
+    SpaceError,
+    StorageError,
+    TaskError,
+    TrialFailure,
+)
 
 _LAZY = {
     "run": "search.runner",
@@ -23,13 +30,21 @@ _LAZY = {
 }
 
 __all__ = [
+    "Hyperparameters",
+    "Objective",
+    "RunResult",
+    "RunSettings",
     "SearchError",
     "SettingsError",
+    "Space",
     "SpaceError",
     "StorageError",
     "TaskError",
     "TrialFailure",
-    *_LAZY,
+    "evaluate",
+    "fit",
+    "load_space",
+    "run",
 ]
 
 

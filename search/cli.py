@@ -31,11 +31,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
-    parser = _Parser(prog="search", description="Hyperparameter search for PyTorch, on Optuna.", parents=[common])
+    parser = _Parser(
+        prog="search", description="Hyperparameter search for PyTorch, on Optuna.", parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", parents=[common], help="run or resume a study")
-    run.add_argument("--trials", type=int, required=True, help="target number of finished trials in the study")
+    run.add_argument(
+        "--trials", type=int, required=True, help="target number of finished trials in the study"
+    )
     run.add_argument("--study", help="study name (default: the space's name)")
     run.add_argument("--space", help="space file or shipped space name (default: digits)")
     run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/STUDY.db)")
@@ -45,13 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="study seed; each trial derives its own (default: 0)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    run.add_argument("--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)")
-    run.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    run.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    run.add_argument(
+        "--download", action="store_true", help="download missing torchvision datasets"
+    )
 
-    listing = commands.add_parser("list", parents=[common], help="list studies with trial counts and best value")
+    listing = commands.add_parser(
+        "list", parents=[common], help="list studies with trial counts and best value"
+    )
     listing.add_argument("--storage", help="storage URL (default: every studies/*.db)")
 
-    show = commands.add_parser("show", parents=[common], help="show a study's settings and best trial")
+    show = commands.add_parser(
+        "show", parents=[common], help="show a study's settings and best trial"
+    )
     show.add_argument("study")
     show.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
     return parser
@@ -77,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"search {args.command}: internal error: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr)
+        print(
+            f"search {args.command}: internal error: {type(e).__name__}: {e} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -33,7 +33,9 @@ def hyperparameters(params: dict[str, Any]) -> tuple[Hyperparameters, int]:
 class Objective:
     """Trains one configuration per trial on data already on the device; maximizes val accuracy."""
 
-    def __init__(self, space: Space, task: Task, data: DeviceData, *, epochs: int, seed: int) -> None:
+    def __init__(
+        self, space: Space, task: Task, data: DeviceData, *, epochs: int, seed: int
+    ) -> None:
         self.space = space
         self.task = task
         self.data = data
@@ -64,10 +66,14 @@ class Objective:
         }
         start = time.perf_counter()
         try:
-            fit(model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune)
+            fit(
+                model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune
+            )
         except TrialFailure as failure:
             # The failing epoch ran but reported nothing, so it is not in the history.
-            attrs.update(fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch)
+            attrs.update(
+                fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch
+            )
             raise
         except optuna.TrialPruned:
             raise
@@ -78,7 +84,11 @@ class Objective:
             attrs.update(fail_reason="error", fail_detail=f"{type(error).__name__}: {error}")
             raise
         finally:
-            attrs = {**_costs(history, device), "seconds": round(time.perf_counter() - start, 4), **attrs}
+            attrs = {
+                **_costs(history, device),
+                "seconds": round(time.perf_counter() - start, 4),
+                **attrs,
+            }
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
         return max(result.val_accuracy for result in history)

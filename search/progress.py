@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -42,7 +42,7 @@ class TrialLog:
         except ValueError:  # no completed trial yet
             pass
 
-    def __enter__(self) -> TrialLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,7 +6,6 @@ before a study is created or changed, so bad input never leaves a half-made stud
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ from typing import Any
 
 import optuna
 
-from search import spaces, study as studies, tasks
+from search import spaces, tasks
+from search import study as studies
 from search.errors import SettingsError, SpaceError, StorageError, TrialFailure
 from search.objective import Objective, hyperparameters
 from search.progress import TrialLog
@@ -59,8 +59,6 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     _check_ranges(settings)
     name = study_name(settings)
     url = settings.storage or studies.default_url(name)
-    if settings.storage is None:
-        studies.check_name(name)
     storage, existing = _load_existing(url, name)
     if existing is not None:
         space, fixed = _resume_settings(existing, settings, url)
@@ -77,25 +75,42 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     device = pick_device(settings.device)
     split = task.load(settings.data_dir, settings.download, True)
     data = DeviceData.from_split(
-        split, val_fraction=space.val_fraction, seed=fixed["seed"], device=device, augment=task.augment
+        split,
+        val_fraction=space.val_fraction,
+        seed=fixed["seed"],
+        device=device,
+        augment=task.augment,
     )
     _check_batch_sizes(space, data.n_train)
-    sampler = studies.make_sampler(fixed["sampler"], fixed["seed"], conditional=space.has_conditions)
+    sampler = studies.make_sampler(
+        fixed["sampler"], fixed["seed"], conditional=space.has_conditions
+    )
     pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
 
     # Everything is checked: only now is a study created or changed.
     if existing is None:
         storage = storage or studies.open_storage(url, create=True)
+        if name in studies.study_names(storage):
+            # Created, then killed before its settings were stored: empty, so nothing is lost.
+            optuna.delete_study(study_name=name, storage=storage)
         study = optuna.create_study(
             storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
         )
         study.set_user_attr(studies.SPACE_ATTR, space.data)
         study.set_user_attr(
             studies.SETTINGS_ATTR,
-            {**fixed, "space_name": space.name, "space_source": space.source, "task": space.task, "model": space.model},
+            {
+                **fixed,
+                "space_name": space.name,
+                "space_source": space.source,
+                "task": space.task,
+                "model": space.model,
+            },
         )
         study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
-        echo(f"created study {name} (space {space.source}, {fixed['sampler']} sampler, {fixed['pruner']} pruner) in {studies.describe(url)}")
+        echo(
+            f"created study {name} (space {space.source}, {fixed['sampler']} sampler, {fixed['pruner']} pruner) in {studies.describe(url)}"
+        )
     else:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
 
@@ -103,10 +118,14 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     remaining = settings.trials - finished_before
     start = time.perf_counter()
     if remaining <= 0:
-        echo(f"study {name} already has {finished_before} finished trials (target {settings.trials}); nothing to run")
+        echo(
+            f"study {name} already has {finished_before} finished trials (target {settings.trials}); nothing to run"
+        )
     else:
         verb = "resuming" if finished_before else "running"
-        echo(f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, running {remaining} more on {device}")
+        echo(
+            f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, running {remaining} more on {device}"
+        )
         objective = Objective(space, task, data, epochs=fixed["epochs"], seed=fixed["seed"])
         with TrialLog(total=remaining) as log:
             study.optimize(
@@ -116,7 +135,9 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
                 catch=(TrialFailure,),
                 callbacks=[log],
             )
-    return RunResult(study, url, finished_before, studies.count_finished(study), time.perf_counter() - start)
+    return RunResult(
+        study, url, finished_before, studies.count_finished(study), time.perf_counter() - start
+    )
 
 
 def study_name(settings: RunSettings) -> str:
@@ -132,9 +153,13 @@ def _check_ranges(settings: RunSettings) -> None:
     if settings.timeout is not None and settings.timeout <= 0:
         raise SettingsError(f"--timeout must be positive seconds, got {settings.timeout}")
     if settings.sampler is not None and settings.sampler not in studies.SAMPLERS:
-        raise SettingsError(f"--sampler {settings.sampler!r}: unknown; choose one of {', '.join(studies.SAMPLERS)}")
+        raise SettingsError(
+            f"--sampler {settings.sampler!r}: unknown; choose one of {', '.join(studies.SAMPLERS)}"
+        )
     if settings.pruner is not None and settings.pruner not in studies.PRUNERS:
-        raise SettingsError(f"--pruner {settings.pruner!r}: unknown; choose one of {', '.join(studies.PRUNERS)}")
+        raise SettingsError(
+            f"--pruner {settings.pruner!r}: unknown; choose one of {', '.join(studies.PRUNERS)}"
+        )
 
 
 def _load_existing(
@@ -147,15 +172,24 @@ def _load_existing(
     storage = studies.open_storage(url, create=path is None)
     if name not in studies.study_names(storage):
         return storage, None
-    return storage, optuna.load_study(storage=storage, study_name=name)
+    study = optuna.load_study(storage=storage, study_name=name)
+    if not study.user_attrs and not study.trials:
+        return storage, None  # created, then killed before its settings were stored: start afresh
+    return storage, study
 
 
-def _resume_settings(study: optuna.Study, settings: RunSettings, url: str) -> tuple[Space, dict[str, Any]]:
+def _resume_settings(
+    study: optuna.Study, settings: RunSettings, url: str
+) -> tuple[Space, dict[str, Any]]:
     attrs = study.user_attrs
     if studies.SETTINGS_ATTR not in attrs or studies.SPACE_ATTR not in attrs:
-        raise StorageError(f"study {study.study_name} in {studies.describe(url)} was not created by search run")
+        raise StorageError(
+            f"study {study.study_name} in {studies.describe(url)} was not created by search run"
+        )
     stored = attrs[studies.SETTINGS_ATTR]
-    space = spaces.from_data(attrs[studies.SPACE_ATTR], name=stored["space_name"], source=f"study {study.study_name}")
+    space = spaces.from_data(
+        attrs[studies.SPACE_ATTR], name=stored["space_name"], source=f"study {study.study_name}"
+    )
     if settings.space is not None:
         given = spaces.load(settings.space)
         changed = spaces.diff(space.data, given.data)
@@ -186,4 +220,6 @@ def _check_batch_sizes(space: Space, n_train: int) -> None:
             return
     default = hyperparameters({})[0].batch_size
     if default > n_train:
-        raise SpaceError(f"{space.source}: the default batch size {default} exceeds the {n_train} training examples")
+        raise SpaceError(
+            f"{space.source}: the default batch size {default} exceeds the {n_train} training examples"
+        )

@@ -67,7 +67,9 @@ class Param:
     when: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
 
     def active(self, sampled: dict[str, Any]) -> bool:
-        return all(name in sampled and sampled[name] in values for name, values in self.when.items())
+        return all(
+            name in sampled and sampled[name] in values for name, values in self.when.items()
+        )
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,10 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
         raise fail("task.name", str(e)) from None
     model = task_table["model"]
     if model not in task.models:
-        raise fail("task.model", f"task {task.name} has no model {model!r}; it has {', '.join(task.models)}")
+        raise fail(
+            "task.model",
+            f"task {task.name} has no model {model!r}; it has {', '.join(task.models)}",
+        )
     epochs = task_table["epochs"]
     if epochs < 1:
         raise fail("task.epochs", f"must be at least 1, got {epochs}")
@@ -194,12 +199,14 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
             raise fail(key, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
         if not isinstance(spec, dict):
             raise fail(key, f"must be a table, got {spec!r}")
-        distribution = _distribution(spec, HYPERPARAMETERS[pname], lambda p: fail(key, p))
+        distribution = _distribution(spec, HYPERPARAMETERS[pname], lambda p, k=key: fail(k, p))
         if pname == "depth":
             top = max(extremes(distribution))
             if top > models.MAX_DEPTH[model]:
-                raise fail(key, f"model {model} allows depth up to {models.MAX_DEPTH[model]}, got {top}")
-        when = _condition(spec.get("when"), params, lambda p: fail(f"{key}.when", p))
+                raise fail(
+                    key, f"model {model} allows depth up to {models.MAX_DEPTH[model]}, got {top}"
+                )
+        when = _condition(spec.get("when"), params, lambda p, k=key: fail(f"{k}.when", p))
         params.append(Param(pname, distribution, when))
 
     return Space(
@@ -227,7 +234,9 @@ def _is(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def _table(data: dict[str, Any], key: str, fail: Callable[[str, str], SpaceError]) -> dict[str, Any]:
+def _table(
+    data: dict[str, Any], key: str, fail: Callable[[str, str], SpaceError]
+) -> dict[str, Any]:
     if key not in data:
         raise fail(key, f"missing [{key}] table")
     if not isinstance(data[key], dict):
@@ -245,7 +254,9 @@ def _distribution(
         raise fail(f"type must be one of float, int, categorical, got {kind!r}")
     for key in spec:
         if key not in _PARAM_KEYS[kind]:
-            raise fail(f"unknown key {key!r} for type {kind}; allowed: {', '.join(sorted(_PARAM_KEYS[kind]))}")
+            raise fail(
+                f"unknown key {key!r} for type {kind}; allowed: {', '.join(sorted(_PARAM_KEYS[kind]))}"
+            )
     if kind == "categorical":
         distribution = _categorical(spec, domain, fail)
     else:
@@ -321,13 +332,15 @@ def _condition(
     if when is None:
         return {}
     if not isinstance(when, dict) or not when:
-        raise fail(f"must be a table like {{ optimizer = [\"sgd\"] }}, got {when!r}")
+        raise fail(f'must be a table like {{ optimizer = ["sgd"] }}, got {when!r}')
     by_name = {p.name: p for p in earlier}
     condition: dict[str, tuple[Scalar, ...]] = {}
     for name, values in when.items():
         if name not in by_name:
             known = ", ".join(by_name) or "none"
-            raise fail(f"names {name!r}, which is not a param defined above it (defined above: {known})")
+            raise fail(
+                f"names {name!r}, which is not a param defined above it (defined above: {known})"
+            )
         distribution = by_name[name].distribution
         if not isinstance(distribution, optuna.distributions.CategoricalDistribution):
             raise fail(f"{name}: a condition can only name a categorical param")
@@ -336,7 +349,9 @@ def _condition(
             raise fail(f"{name}: the list of values must not be empty")
         for value in values:
             if value not in distribution.choices:
-                raise fail(f"{name}: {value!r} is not one of its choices {list(distribution.choices)}")
+                raise fail(
+                    f"{name}: {value!r} is not one of its choices {list(distribution.choices)}"
+                )
         condition[name] = tuple(values)
     return condition
 

@@ -128,7 +128,9 @@ def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.s
     if name == "qmc":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
+            return optuna.samplers.QMCSampler(
+                seed=seed, scramble=True, warn_independent_sampling=False
+            )
     raise SettingsError(f"--sampler {name!r}: unknown; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -137,7 +139,9 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=epochs, reduction_factor=3
+        )
     if name == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "none":
@@ -149,7 +153,10 @@ def is_finished(trial: FrozenTrial) -> bool:
     """Whether a trial counts towards the study's ``--trials`` target."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") in COUNTED_FAIL_REASONS
+    return (
+        trial.state == TrialState.FAIL
+        and trial.user_attrs.get("fail_reason") in COUNTED_FAIL_REASONS
+    )
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -164,6 +171,7 @@ def trial_seed(study_seed: int, number: int) -> int:
 def environment(device: torch.device) -> dict[str, Any]:
     """Package versions, device and git revision, recorded on the study when it is created."""
     import torch  # here, not at the top: reading studies must not need torch
+
     packages = ("search", "torch", "torchvision", "optuna", "sqlalchemy", "numpy", "scikit-learn")
     versions = {"python": platform.python_version()}
     for package in packages:
@@ -189,6 +197,7 @@ def _git_sha() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
+            check=False,
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,

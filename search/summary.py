@@ -56,11 +56,15 @@ def show(study: optuna.Study, url: str) -> str:
     environment = study.user_attrs.get(studies.ENVIRONMENT_ATTR, {})
     lines = [f"study   {study.study_name}  ({studies.describe(url)})"]
     if settings:
-        lines += [
-            f"space   {settings['space_source']}  task {settings['task']}  model {settings['model']}"
-            f"  epochs {settings['epochs']}",
-            f"search  {settings['sampler']} sampler, {settings['pruner']} pruner, seed {settings['seed']}",
-        ]
+        space = settings["space_source"]
+        lines.append(
+            f"space   {space}  task {settings['task']}  model {settings['model']}"
+            f"  epochs {settings['epochs']}"
+        )
+        lines.append(
+            f"search  {settings['sampler']} sampler, {settings['pruner']} pruner, "
+            f"seed {settings['seed']}"
+        )
     if environment:
         lines.append(f"device  {environment.get('device')} ({environment.get('device_name')})")
     lines.append(f"trials  {state_counts(study)}")
@@ -78,4 +82,3 @@ def show(study: optuna.Study, url: str) -> str:
         f"{max(throughput):,.0f} images/s, {best.user_attrs.get('param_count', 0):,} parameters"
     )
     return "\n".join(lines)
-

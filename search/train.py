@@ -71,9 +71,13 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
-def make_optimizer(hp: Hyperparameters, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(
+    hp: Hyperparameters, parameters: Iterable[nn.Parameter]
+) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+        )
     if hp.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "rmsprop":
@@ -137,7 +141,9 @@ def fit(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH
+) -> float:
     """Accuracy of ``model`` on ``x``/``y`` (already on its device), in large batches, one sync."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -149,4 +155,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )

@@ -48,7 +48,12 @@ def tiny_space(**task: Any) -> dict[str, Any]:
             "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
             "batch_size": {"type": "categorical", "choices": [64, 128]},
             "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
-            "momentum": {"type": "float", "low": 0.0, "high": 0.9, "when": {"optimizer": ["sgd", "rmsprop"]}},
+            "momentum": {
+                "type": "float",
+                "low": 0.0,
+                "high": 0.9,
+                "when": {"optimizer": ["sgd", "rmsprop"]},
+            },
             "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
             "depth": {"type": "int", "low": 1, "high": 2},
         },
@@ -79,6 +84,7 @@ def cli(tmp_path: Path):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.run(
             [*search_command(), *args],
+            check=False,
             cwd=tmp_path,
             env=env,
             capture_output=True,

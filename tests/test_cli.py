@@ -10,11 +10,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from search import study as studies
-
 from conftest import search_command, tiny_space
 from tasks.formats import write_mnist
+
+from search import study as studies
 
 
 def _load(tmp_path: Path, name: str) -> optuna.Study:
@@ -49,13 +48,17 @@ def test_run_resume_list_show(cli, tmp_path, write_space) -> None:
     study = _load(tmp_path, "tiny")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
 
-    third = cli("run", "--study", "tiny", "--trials", "5")
+    # Naming the same space again is fine: it is compared with the stored one, key by key.
+    third = cli("run", "--study", "tiny", "--space", str(space), "--trials", "5")
     assert third.returncode == 0 and "nothing to run" in third.stdout
     assert len(_load(tmp_path, "tiny").trials) == 5
 
     listing = cli("list")
     assert listing.returncode == 0
-    assert listing.stdout.startswith("tiny  5 finished") and "sqlite:///studies/tiny.db" in listing.stdout
+    assert (
+        listing.stdout.startswith("tiny  5 finished")
+        and "sqlite:///studies/tiny.db" in listing.stdout
+    )
 
     shown = cli("show", "tiny")
     assert shown.returncode == 0, shown.stderr
@@ -76,12 +79,19 @@ def test_resuming_with_a_changed_space_or_setting_is_refused(cli, tmp_path, writ
     result = cli("run", "--study", "tiny", "--space", str(other), "--trials", "2")
     _one_error_line(result, "params.lr.high: differs from the space study tiny was created with")
 
-    _one_error_line(cli("run", "--study", "tiny", "--sampler", "random", "--trials", "2"), "created with --sampler tpe")
-    _one_error_line(cli("run", "--study", "tiny", "--epochs", "3", "--trials", "2"), "created with --epochs 1")
+    _one_error_line(
+        cli("run", "--study", "tiny", "--sampler", "random", "--trials", "2"),
+        "created with --sampler tpe",
+    )
+    _one_error_line(
+        cli("run", "--study", "tiny", "--epochs", "3", "--trials", "2"), "created with --epochs 1"
+    )
     assert (tmp_path / "studies" / "tiny.db").read_bytes() == before
 
 
-def test_diverging_trials_fail_with_a_reason_and_count_as_finished(cli, tmp_path, write_space) -> None:
+def test_diverging_trials_fail_with_a_reason_and_count_as_finished(
+    cli, tmp_path, write_space
+) -> None:
     space = write_space(
         {
             "task": {"name": "digits", "model": "mlp", "epochs": 5},
@@ -113,7 +123,9 @@ def test_mnist_from_a_data_dir(cli, tmp_path, write_space) -> None:
     write_mnist(tmp_path / "data", "MNIST", n_train=300, n_test=50)
     space = tiny_space(name="mnist", epochs=1)
     space["params"]["depth"] = {"type": "categorical", "choices": [1]}
-    result = cli("run", "--space", str(write_space(space, name="m")), "--trials", "1", "--data-dir", "data")
+    result = cli(
+        "run", "--space", str(write_space(space, name="m")), "--trials", "1", "--data-dir", "data"
+    )
     assert result.returncode == 0, result.stderr
     trial = _load(tmp_path, "m").trials[0]
     assert trial.user_attrs["epochs_run"] == 1
@@ -136,7 +148,10 @@ BAD_RUNS = [
     (["--trials", "5", "--space", "missing.toml"], "space file missing.toml does not exist"),
     (["--trials", "5", "--study", "../x"], "study name '../x'"),
     (["--trials", "5", "--storage", "studies/x.db"], "not a storage URL"),
-    (["--trials", "5", "--storage", "postgresql://u@127.0.0.1:1/db"], "storage postgresql://u@127.0.0.1:1/db"),
+    (
+        ["--trials", "5", "--storage", "postgresql://u@127.0.0.1:1/db"],
+        "storage postgresql://u@127.0.0.1:1/db",
+    ),
     (["--trials", "5", "--space", "mnist", "--data-dir", "empty"], "MNIST data not found in empty"),
     (["--trials", "5", "--device", "tpu"], "--device 'tpu'"),
     (["--trials", "5", "--tirals", "3"], "unrecognized arguments: --tirals 3"),
@@ -150,12 +165,19 @@ def test_bad_input_is_one_line_exit_2_and_no_study(cli, tmp_path, args, says) ->
 
 
 def test_malformed_space_file_and_batch_too_large(cli, tmp_path, write_space) -> None:
-    bad = write_space("[task]\nname = 'digits'\nmodel = 'cnn'\nepochs = 2\n[params.lr]\ntype='float'\nlow=0.1\nhigh=0.01\n")
-    _one_error_line(cli("run", "--space", str(bad), "--trials", "2"), f"{bad}: params.lr: low must be < high, got low=0.1 high=0.01")
+    bad = write_space(
+        "[task]\nname = 'digits'\nmodel = 'cnn'\nepochs = 2\n[params.lr]\ntype='float'\nlow=0.1\nhigh=0.01\n"
+    )
+    _one_error_line(
+        cli("run", "--space", str(bad), "--trials", "2"),
+        f"{bad}: params.lr: low must be < high, got low=0.1 high=0.01",
+    )
     huge = tiny_space()
     huge["params"]["batch_size"]["choices"] = [64, 4096]
     path = write_space(huge, name="huge")
-    _one_error_line(cli("run", "--space", str(path), "--trials", "2"), "params.batch_size: 4096 exceeds the")
+    _one_error_line(
+        cli("run", "--space", str(path), "--trials", "2"), "params.batch_size: 4096 exceeds the"
+    )
     assert _no_study_files(tmp_path)
 
 
@@ -181,16 +203,23 @@ def test_debug_shows_the_traceback(cli) -> None:
 
 
 def test_sqlite_file_is_a_real_optuna_database(cli, tmp_path, write_space) -> None:
-    assert cli("run", "--space", str(write_space(tiny_space(epochs=1))), "--trials", "2").returncode == 0
+    assert (
+        cli("run", "--space", str(write_space(tiny_space(epochs=1))), "--trials", "2").returncode
+        == 0
+    )
     with sqlite3.connect(tmp_path / "studies" / "tiny.db") as db:
         states = [row[0] for row in db.execute("select state from trials order by number")]
     assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
 
 
-def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(cli, tmp_path, write_space) -> None:
+def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(
+    cli, tmp_path, write_space
+) -> None:
     space = write_space(tiny_space(epochs=40))
     command = [*search_command(), "run", "--space", str(space), "--trials", "3", "--pruner", "none"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("#0"):
@@ -210,3 +239,13 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(cli, tm
     resumed = cli("run", "--study", "tiny", "--trials", "3")
     assert resumed.returncode == 0 and "running 2 more" in resumed.stdout
     assert studies.count_finished(_load(tmp_path, "tiny")) == 3
+
+
+def test_an_empty_study_left_by_a_killed_create_is_replaced(cli, tmp_path, write_space) -> None:
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}")
+    result = cli("run", "--space", str(write_space(tiny_space(epochs=1))), "--trials", "1")
+    assert result.returncode == 0, result.stderr
+    study = _load(tmp_path, "tiny")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert studies.SETTINGS_ATTR in study.user_attrs and len(study.trials) == 1

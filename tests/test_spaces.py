@@ -1,17 +1,15 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from conftest import tiny_space
 
 from search import spaces
 from search.errors import SpaceError
 from search.tasks import models
-
-from conftest import tiny_space
 
 SHIPPED = sorted(p.stem for p in spaces.SHIPPED_DIR.glob("*.toml"))
 
@@ -24,7 +22,12 @@ def test_the_four_spaces_ship() -> None:
 def test_shipped_space_samples_every_hyperparameter(name: str) -> None:
     space = spaces.load(name)
     assert [p.name for p in space.params] == [
-        "lr", "batch_size", "optimizer", "momentum", "weight_decay", "depth"
+        "lr",
+        "batch_size",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "depth",
     ]
     by_name = {p.name: p for p in space.params}
     assert by_name["lr"].distribution.log and by_name["weight_decay"].distribution.log
@@ -45,12 +48,20 @@ def test_momentum_is_sampled_only_for_optimizers_that_use_it() -> None:
         params = space.suggest(trial)
         seen.add(params["optimizer"])
         assert ("momentum" in params) == (params["optimizer"] in ("sgd", "rmsprop"))
-        assert set(params) - {"momentum"} == {"lr", "batch_size", "optimizer", "weight_decay", "depth"}
+        assert set(params) - {"momentum"} == {
+            "lr",
+            "batch_size",
+            "optimizer",
+            "weight_decay",
+            "depth",
+        }
         study.tell(trial, 0.5)
     assert seen == {"sgd", "adam", "rmsprop"}
 
 
-def test_a_bare_name_is_found_in_the_working_directorys_spaces(tmp_path, monkeypatch, write_space) -> None:
+def test_a_bare_name_is_found_in_the_working_directorys_spaces(
+    tmp_path, monkeypatch, write_space
+) -> None:
     write_space(tiny_space(), name="mine")
     monkeypatch.chdir(tmp_path)
     assert spaces.load("mine").epochs == 2
@@ -85,19 +96,35 @@ MALFORMED = [
     ({"task.val_fraction": 1.5}, "task.val_fraction", "between 0 and 1, got 1.5"),
     ({"params": None}, "params", "missing [params] table"),
     ({"params": {}}, "params", "at least one param"),
-    ({"params.learning_rate": {"type": "float", "low": 0.1, "high": 1.0}}, "params.learning_rate", "unknown hyperparameter"),
+    (
+        {"params.learning_rate": {"type": "float", "low": 0.1, "high": 1.0}},
+        "params.learning_rate",
+        "unknown hyperparameter",
+    ),
     ({"params.lr": 0.1}, "params.lr", "must be a table, got 0.1"),
     ({"params.lr.type": None}, "params.lr", "missing type"),
-    ({"params.lr.type": "uniform"}, "params.lr", "type must be one of float, int, categorical, got 'uniform'"),
+    (
+        {"params.lr.type": "uniform"},
+        "params.lr",
+        "type must be one of float, int, categorical, got 'uniform'",
+    ),
     ({"params.lr.lo": 0.1}, "params.lr", "unknown key 'lo'"),
     ({"params.lr.high": None}, "params.lr", "missing high"),
-    ({"params.lr.low": 0.1, "params.lr.high": 0.01}, "params.lr", "low must be < high, got low=0.1 high=0.01"),
+    (
+        {"params.lr.low": 0.1, "params.lr.high": 0.01},
+        "params.lr",
+        "low must be < high, got low=0.1 high=0.01",
+    ),
     ({"params.lr.low": 0.1, "params.lr.high": 0.1}, "params.lr", "low must be < high"),
     ({"params.lr.low": "small"}, "params.lr", "low must be a number, got 'small'"),
     ({"params.lr.low": True}, "params.lr", "low must be a number, got True"),
     ({"params.lr.log": "yes"}, "params.lr", "log must be true or false"),
     ({"params.weight_decay.low": 0.0}, "params.weight_decay", "log needs low > 0, got low=0.0"),
-    ({"params.lr.low": -1.0, "params.lr.log": False}, "params.lr", "must be a positive number, got -1.0"),
+    (
+        {"params.lr.low": -1.0, "params.lr.log": False},
+        "params.lr",
+        "must be a positive number, got -1.0",
+    ),
     ({"params.lr.step": 0.01}, "params.lr", "step cannot be combined with log"),
     ({"params.depth.step": 0}, "params.depth", "step must be a positive int"),
     ({"params.depth.type": "float"}, "params.depth", "must be int or categorical"),
@@ -107,20 +134,50 @@ MALFORMED = [
     ({"params.batch_size.choices": []}, "params.batch_size", "choices must not be empty"),
     ({"params.batch_size.choices": 64}, "params.batch_size", "choices must be a list, got 64"),
     ({"params.batch_size.choices": [64, 64]}, "params.batch_size", "choices must be distinct"),
-    ({"params.batch_size.choices": [32.5]}, "params.batch_size", "choices must be integers, got 32.5"),
-    ({"params.batch_size.choices": [0, 64]}, "params.batch_size", "must be a positive integer, got 0"),
+    (
+        {"params.batch_size.choices": [32.5]},
+        "params.batch_size",
+        "choices must be integers, got 32.5",
+    ),
+    (
+        {"params.batch_size.choices": [0, 64]},
+        "params.batch_size",
+        "must be a positive integer, got 0",
+    ),
     ({"params.batch_size.choices": None}, "params.batch_size", "missing choices"),
-    ({"params.optimizer.choices": ["sgd", "adamw"]}, "params.optimizer", "one of sgd, adam, rmsprop, got 'adamw'"),
-    ({"params.optimizer": {"type": "float", "low": 0.0, "high": 1.0}}, "params.optimizer", "must be categorical"),
-    ({"params.momentum.when": {"optimiser": ["sgd"]}}, "params.momentum.when", "'optimiser', which is not a param defined above it"),
-    ({"params.momentum.when": {"optimizer": ["adamw"]}}, "params.momentum.when", "'adamw' is not one of its choices"),
+    (
+        {"params.optimizer.choices": ["sgd", "adamw"]},
+        "params.optimizer",
+        "one of sgd, adam, rmsprop, got 'adamw'",
+    ),
+    (
+        {"params.optimizer": {"type": "float", "low": 0.0, "high": 1.0}},
+        "params.optimizer",
+        "must be categorical",
+    ),
+    (
+        {"params.momentum.when": {"optimiser": ["sgd"]}},
+        "params.momentum.when",
+        "'optimiser', which is not a param defined above it",
+    ),
+    (
+        {"params.momentum.when": {"optimizer": ["adamw"]}},
+        "params.momentum.when",
+        "'adamw' is not one of its choices",
+    ),
     ({"params.momentum.when": {"optimizer": []}}, "params.momentum.when", "must not be empty"),
-    ({"params.momentum.when": {"lr": [0.01]}}, "params.momentum.when", "can only name a categorical param"),
+    (
+        {"params.momentum.when": {"lr": [0.01]}},
+        "params.momentum.when",
+        "can only name a categorical param",
+    ),
     ({"params.momentum.when": "sgd"}, "params.momentum.when", "must be a table"),
 ]
 
 
-@pytest.mark.parametrize(("change", "key", "says"), MALFORMED, ids=[m[1] + ":" + m[2][:24] for m in MALFORMED])
+@pytest.mark.parametrize(
+    ("change", "key", "says"), MALFORMED, ids=[m[1] + ":" + m[2][:24] for m in MALFORMED]
+)
 def test_malformed_space_names_file_key_and_problem(write_space, change, key, says) -> None:
     path = write_space(_with(change))
     with pytest.raises(SpaceError) as e:
@@ -135,8 +192,14 @@ def test_a_condition_must_name_a_param_defined_above_it(write_space) -> None:
     data = tiny_space()
     params = data["params"]
     # momentum before optimizer: its condition names a param not yet defined
-    data["params"] = {"momentum": params["momentum"], **{k: v for k, v in params.items() if k != "momentum"}}
-    with pytest.raises(SpaceError, match=r"params\.momentum\.when: names 'optimizer', which is not a param defined above"):
+    data["params"] = {
+        "momentum": params["momentum"],
+        **{k: v for k, v in params.items() if k != "momentum"},
+    }
+    with pytest.raises(
+        SpaceError,
+        match=r"params\.momentum\.when: names 'optimizer', which is not a param defined above",
+    ):
         spaces.load(write_space(data))
 
 

@@ -5,13 +5,13 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import tiny_space
 
-from search import spaces, study as studies, tasks
+from search import spaces, tasks
+from search import study as studies
 from search.errors import SettingsError, StorageError, TrialFailure
 from search.objective import Objective
 from search.tasks.data import DeviceData
-
-from conftest import tiny_space
 
 
 def test_default_storage_is_one_sqlite_file_per_study() -> None:
@@ -38,7 +38,10 @@ def test_opening_a_missing_sqlite_file_to_read_creates_nothing(tmp_path: Path) -
     [
         ("studies/x.db", "not a storage URL"),
         ("sqlite:////no/such/folder/x.db", "folder /no/such/folder does not exist"),
-        ("postgresql://user:secret@127.0.0.1:1/db", "storage postgresql://user:***@127.0.0.1:1/db:"),
+        (
+            "postgresql://user:secret@127.0.0.1:1/db",
+            "storage postgresql://user:***@127.0.0.1:1/db:",
+        ),
         ("nosuchdb://host/db", "storage nosuchdb://host/db:"),
     ],
 )
@@ -83,7 +86,9 @@ def test_every_pruner_builds(name: str) -> None:
 
 
 def test_unknown_sampler_and_pruner() -> None:
-    with pytest.raises(SettingsError, match="--sampler 'bayes': unknown; choose one of tpe, random"):
+    with pytest.raises(
+        SettingsError, match="--sampler 'bayes': unknown; choose one of tpe, random"
+    ):
         studies.make_sampler("bayes", 0)
     with pytest.raises(SettingsError, match="--pruner 'asha': unknown"):
         studies.make_pruner("asha", 10)
@@ -130,14 +135,26 @@ def _objective(space_path: Path, data: DeviceData, epochs: int = 3) -> Objective
     return Objective(space, tasks.get(space.task), data, epochs=epochs, seed=0)
 
 
-def test_a_bad_configuration_is_pruned_and_costs_are_recorded(tmp_path, write_space, digits_data) -> None:
+def test_a_bad_configuration_is_pruned_and_costs_are_recorded(
+    tmp_path, write_space, digits_data
+) -> None:
     objective = _objective(write_space(tiny_space()), digits_data, epochs=4)
     storage = studies.open_storage(f"sqlite:///{tmp_path / 'p.db'}", create=True)
     study = optuna.create_study(
-        storage=storage, study_name="p", direction="maximize", pruner=studies.make_pruner("median", 4)
+        storage=storage,
+        study_name="p",
+        direction="maximize",
+        pruner=studies.make_pruner("median", 4),
     )
     good = {"lr": 0.01, "batch_size": 64, "optimizer": "adam", "weight_decay": 1e-5, "depth": 2}
-    bad = {"lr": 1e-3, "batch_size": 128, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 1e-5, "depth": 1}
+    bad = {
+        "lr": 1e-3,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "weight_decay": 1e-5,
+        "depth": 1,
+    }
     for _ in range(5):
         study.enqueue_trial(good)
     study.enqueue_trial(bad)

@@ -7,8 +7,7 @@ import torch
 
 from search import tasks
 from search.errors import Diverged, SettingsError
-from search.tasks import models
-from search.tasks import Split
+from search.tasks import Split, models
 from search.tasks.data import DeviceData, crop_flip
 from search.train import EpochResult, Hyperparameters, evaluate, fit, pick_device
 
@@ -28,7 +27,14 @@ def _model(family: str = "cnn", depth: int = 2) -> torch.nn.Module:
 
 def test_fit_learns_digits_and_reports_every_epoch(digits: DeviceData) -> None:
     seen: list[EpochResult] = []
-    history = fit(_model(), digits, Hyperparameters(lr=3e-3, batch_size=64), epochs=4, seed=1, on_epoch=seen.append)
+    history = fit(
+        _model(),
+        digits,
+        Hyperparameters(lr=3e-3, batch_size=64),
+        epochs=4,
+        seed=1,
+        on_epoch=seen.append,
+    )
     assert seen == history
     assert [r.epoch for r in history] == [1, 2, 3, 4]
     assert history[-1].val_accuracy > 0.9
@@ -75,7 +81,14 @@ def test_on_epoch_can_stop_training(digits: DeviceData) -> None:
             raise Stop
 
     with pytest.raises(Stop):
-        fit(_model(), digits, Hyperparameters(batch_size=64), epochs=10, seed=1, on_epoch=stop_after_two)
+        fit(
+            _model(),
+            digits,
+            Hyperparameters(batch_size=64),
+            epochs=10,
+            seed=1,
+            on_epoch=stop_after_two,
+        )
     assert seen == [1, 2]
 
 

@@ -39,7 +39,9 @@ class DeviceData:
         n = len(split.labels)
         n_val = max(1, round(n * val_fraction))
         if n - n_val < 1:
-            raise ValueError(f"{n} examples leave none for training with val_fraction={val_fraction}")
+            raise ValueError(
+                f"{n} examples leave none for training with val_fraction={val_fraction}"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         val_idx, train_idx = order[:n_val], order[n_val:]
         images = split.images.to(device=device, dtype=torch.float32)
@@ -47,6 +49,7 @@ class DeviceData:
         # Per-channel statistics of the training part only, so validation stays unseen.
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return ((x - mean) / std).contiguous(memory_format=layout_for(device))
 

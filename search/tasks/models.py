@@ -23,7 +23,9 @@ MAX_DEPTH = {"mlp": 8, "cnn": 8, "resnet": 9}
 FAMILIES = tuple(MAX_DEPTH)
 
 
-def build(family: str, depth: int, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build(
+    family: str, depth: int, input_shape: tuple[int, int, int], num_classes: int
+) -> nn.Module:
     """Build a model of ``family`` with ``depth`` units of depth for the given input shape."""
     if family not in MAX_DEPTH:
         raise TaskError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
@@ -90,7 +92,9 @@ class ResNet(nn.Module):
     def __init__(self, channels: int, blocks_per_stage: int, num_classes: int) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+            nn.Conv2d(channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
         in_channels = 16

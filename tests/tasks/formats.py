@@ -51,7 +51,18 @@ def write_cifar10(root: Path, per_batch: int, seed: int = 0) -> dict[str, str]:
             "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
         }
         md5[name] = _dump(folder / name, entry)
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     md5["batches.meta"] = _dump(folder / "batches.meta", {"label_names": classes, "num_vis": 3072})
     return md5
 

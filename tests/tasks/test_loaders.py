@@ -26,8 +26,12 @@ def test_digits_train_and_test_splits_are_disjoint_and_fixed() -> None:
     assert set(train.labels.tolist()) == set(range(10))
 
 
-@pytest.mark.parametrize(("task_name", "class_name"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
-def test_mnist_style_loader_reads_idx_files(tmp_path: Path, task_name: str, class_name: str) -> None:
+@pytest.mark.parametrize(
+    ("task_name", "class_name"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
+)
+def test_mnist_style_loader_reads_idx_files(
+    tmp_path: Path, task_name: str, class_name: str
+) -> None:
     images, labels = write_mnist(tmp_path, class_name, n_train=50, n_test=20)
     task = tasks.get(task_name)
     train = task.load(tmp_path, False, True)
@@ -54,9 +58,15 @@ def cifar_checksums(monkeypatch: pytest.MonkeyPatch):
     """CIFAR10 verifies md5 sums before reading; point its table at the files a test writes."""
 
     def use(md5: dict[str, str]) -> None:
-        monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+        monkeypatch.setattr(
+            datasets.CIFAR10,
+            "train_list",
+            [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)],
+        )
         monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-        monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5["batches.meta"]})
+        monkeypatch.setattr(
+            datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": md5["batches.meta"]}
+        )
 
     return use
 
@@ -85,5 +95,8 @@ def test_corrupt_or_missing_cifar10_is_named(tmp_path: Path, cifar_checksums) ->
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(TaskError, match="unknown task 'imagenet'; known tasks: cifar10, digits, fashion-mnist, mnist"):
+    with pytest.raises(
+        TaskError,
+        match="unknown task 'imagenet'; known tasks: cifar10, digits, fashion-mnist, mnist",
+    ):
         tasks.get("imagenet")

@@ -15,7 +15,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("task_name", "family", "depth"), CASES)
-def test_every_depth_builds_and_trains_on_the_task_shape(task_name: str, family: str, depth: int) -> None:
+def test_every_depth_builds_and_trains_on_the_task_shape(
+    task_name: str, family: str, depth: int
+) -> None:
     task = tasks.get(task_name)
     torch.manual_seed(0)
     model = models.build(family, depth, task.input_shape, task.num_classes)
