@@ -61,6 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--storage", help="storage URL (default: every studies/*.db)")
 
+    report = commands.add_parser(
+        "report", parents=[common], help="write an HTML report of one or more studies"
+    )
+    report.add_argument("studies", nargs="+", metavar="STUDY")
+    report.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db each)")
+    report.add_argument("--out", type=Path, help="output file (default: reports/STUDY.html)")
+
+    dashboard = commands.add_parser(
+        "dashboard", parents=[common], help="serve optuna-dashboard on a study's storage"
+    )
+    dashboard.add_argument("study", nargs="?", help="open this study (default: the storage's list)")
+    dashboard.add_argument("--storage", help="storage URL (default: the study's studies/*.db)")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8080, help="port (default: 8080; 0: any free)"
+    )
+
     show = commands.add_parser(
         "show", parents=[common], help="show a study's settings and best trial"
     )
@@ -144,7 +163,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "list": _list, "show": _show}
+def _report(args: argparse.Namespace) -> int:
+    from search import report
+
+    loaded = report.load(args.studies, args.storage)
+    out = report.write(loaded, args.out or report.default_path(args.studies))
+    print(out)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from search.dashboard import serve
+
+    try:
+        serve(args.study, args.storage, args.host, args.port)
+    except KeyboardInterrupt:
+        print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "list": _list,
+    "show": _show,
+    "report": _report,
+    "dashboard": _dashboard,
+}
 
 
 def _configure_logging(debug: bool) -> None:

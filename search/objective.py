@@ -1,7 +1,8 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
 Every trial, however it ends, records what it cost as user attrs: its seed, device, parameter
-count, epochs run, training seconds, per-epoch seconds, images/s and train loss, and peak memory.
+count, epochs run, training seconds, per-epoch seconds, images/s and train loss, and peak memory;
+and a markdown note (params and a row per epoch) that optuna-dashboard shows beside the trial.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 import torch
 
+from search.dashboard import save_trial_note, trial_note
 from search.errors import TrialFailure
 from search.spaces import Space
 from search.study import trial_seed
@@ -65,6 +67,7 @@ class Objective:
             "param_count": sum(p.numel() for p in model.parameters()),
         }
         start = time.perf_counter()
+        outcome = ""
         try:
             fit(
                 model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune
@@ -74,15 +77,20 @@ class Objective:
             attrs.update(
                 fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch
             )
+            outcome = f"failed: {failure}"
             raise
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as pruned:
+            outcome = str(pruned)
             raise
         except KeyboardInterrupt:
             attrs.update(fail_reason="interrupted", fail_detail="interrupted")
-            raise
+            raise  # stop at once: no note for a trial that will be run again
         except Exception as error:
             attrs.update(fail_reason="error", fail_detail=f"{type(error).__name__}: {error}")
+            outcome = f"failed: {attrs['fail_detail']}"
             raise
+        else:
+            outcome = f"complete: best val accuracy {max(r.val_accuracy for r in history):.4f}"
         finally:
             attrs = {
                 **_costs(history, device),
@@ -91,6 +99,8 @@ class Objective:
             }
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
+            if outcome:
+                save_trial_note(trial, trial_note(outcome, params, history))
         return max(result.val_accuracy for result in history)
 
 

@@ -1,0 +1,217 @@
+"""Plotly figures for the report. Optuna's own `optuna.visualization` figures wherever one exists;
+by hand only what it lacks (learning curves that mark pruned and best trials, comparisons by a
+hyperparameter, throughput, and several studies on one axis).
+
+Each function returns a figure, or None when the study has too little data for it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+# A chart that fails on odd data must not take the whole page with it; these are what Optuna's
+# plotting raises for studies it cannot draw (too few trials, a single value, no params).
+_UNDRAWABLE = (ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError)
+
+COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "best": "#2ca02c"}
+
+
+def complete(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE]
+
+
+def _optuna(plot: Callable[..., go.Figure], *args: object, **kwargs: object) -> go.Figure | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "study has no completed trials" and experimental notes
+        try:
+            figure = plot(*args, **kwargs)
+        except _UNDRAWABLE:
+            return None
+    return figure if figure.data else None
+
+
+def optimization_history(study: optuna.Study) -> go.Figure | None:
+    if not complete(study.get_trials(deepcopy=False)):
+        return None
+    return _optuna(
+        optuna.visualization.plot_optimization_history, study, target_name="val accuracy"
+    )
+
+
+def parallel_coordinate(study: optuna.Study) -> go.Figure | None:
+    trials = complete(study.get_trials(deepcopy=False))
+    if len(trials) < 2 or not any(t.params for t in trials):
+        return None
+    return _optuna(optuna.visualization.plot_parallel_coordinate, study, target_name="val accuracy")
+
+
+def importance(study: optuna.Study) -> go.Figure | None:
+    trials = complete(study.get_trials(deepcopy=False))
+    if len(trials) < 2 or len({t.value for t in trials}) < 2:
+        return None
+    return _optuna(optuna.visualization.plot_param_importances, study, target_name="val accuracy")
+
+
+def slices(study: optuna.Study) -> go.Figure | None:
+    """One panel per param; Optuna puts a log axis under every log-sampled param."""
+    if not complete(study.get_trials(deepcopy=False)):
+        return None
+    return _optuna(optuna.visualization.plot_slice, study, target_name="val accuracy")
+
+
+def timeline(study: optuna.Study) -> go.Figure | None:
+    if not study.get_trials(deepcopy=False):
+        return None
+    return _optuna(optuna.visualization.plot_timeline, study)
+
+
+def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> go.Figure | None:
+    """Validation accuracy per epoch: complete trials solid, pruned dotted and ending in ×, best bold.
+
+    Trials of one kind share a trace (with gaps between trials) so a thousand trials stay fast.
+    """
+    figure = go.Figure()
+    for state, style in (
+        (TrialState.COMPLETE, {"width": 1}),
+        (TrialState.PRUNED, {"width": 1, "dash": "dot"}),
+    ):
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        text: list[str | None] = []
+        ends_x, ends_y = [], []
+        for t in trials:
+            if t.state != state or not t.intermediate_values:
+                continue
+            steps = sorted(t.intermediate_values)
+            xs += [*steps, None]
+            ys += [*(t.intermediate_values[s] for s in steps), None]
+            text += [f"trial {t.number}"] * len(steps) + [None]
+            ends_x.append(steps[-1])
+            ends_y.append(t.intermediate_values[steps[-1]])
+        if not xs:
+            continue
+        color = COLORS[state.name]
+        figure.add_trace(
+            go.Scattergl(
+                x=xs,
+                y=ys,
+                text=text,
+                mode="lines",
+                name=f"{state.name.lower()} ({len(ends_x)})",
+                line=dict(color=color, **style),
+                opacity=0.45,
+                hovertemplate="%{text}<br>epoch %{x}: %{y:.4f}<extra></extra>",
+            )
+        )
+        if state == TrialState.PRUNED:
+            figure.add_trace(
+                go.Scattergl(
+                    x=ends_x,
+                    y=ends_y,
+                    mode="markers",
+                    name="pruned here",
+                    marker={"symbol": "x", "color": color, "size": 7},
+                    hoverinfo="skip",
+                )
+            )
+    if best is not None and best.intermediate_values:
+        steps = sorted(best.intermediate_values)
+        figure.add_trace(
+            go.Scatter(
+                x=steps,
+                y=[best.intermediate_values[s] for s in steps],
+                mode="lines+markers",
+                name=f"best: trial {best.number}",
+                line={"color": COLORS["best"], "width": 4},
+            )
+        )
+    if not figure.data:
+        return None
+    figure.update_layout(
+        title="Learning curves", xaxis_title="epoch", yaxis_title="validation accuracy"
+    )
+    return figure
+
+
+def by_param(trials: Sequence[FrozenTrial], param: str) -> go.Figure | None:
+    """Best validation accuracy of complete trials, one box per value of a categorical-like param."""
+    groups: dict[object, list[float]] = defaultdict(list)
+    for t in complete(trials):
+        if param in t.params:
+            groups[t.params[param]].append(t.value)
+    if not groups:
+        return None
+    figure = go.Figure()
+    for value in sorted(groups, key=_sort_key):
+        figure.add_trace(
+            go.Box(y=groups[value], name=str(value), boxpoints="all", jitter=0.4, pointpos=0)
+        )
+    figure.update_layout(
+        title=f"Validation accuracy by {param} (complete trials)",
+        xaxis_title=param,
+        yaxis_title="validation accuracy",
+        showlegend=False,
+    )
+    return figure
+
+
+def throughput_by_batch_size(trials: Sequence[FrozenTrial]) -> go.Figure | None:
+    """Training images/s (mean over a trial's epochs) for every trial that ran an epoch."""
+    groups: dict[object, list[float]] = defaultdict(list)
+    for t in trials:
+        speeds = t.user_attrs.get("images_per_second") or []
+        if speeds and "batch_size" in t.params:
+            groups[t.params["batch_size"]].append(sum(speeds) / len(speeds))
+    if not groups:
+        return None
+    figure = go.Figure()
+    for value in sorted(groups, key=_sort_key):
+        figure.add_trace(go.Box(y=groups[value], name=str(value), boxpoints="all", pointpos=0))
+    figure.update_layout(
+        title="Training throughput by batch size (all trials)",
+        xaxis_title="batch_size",
+        yaxis_title="images / s",
+        showlegend=False,
+    )
+    return figure
+
+
+def compare_studies(studies: Sequence[optuna.Study]) -> list[go.Figure]:
+    """Best-so-far against trial number and against cumulative training seconds, a line a study."""
+    by_number, by_seconds = go.Figure(), go.Figure()
+    for study in studies:
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        best = -math.inf
+        numbers, seconds, values = [], [], []
+        spent = 0.0
+        for t in trials:
+            spent += t.user_attrs.get("seconds", 0.0)
+            if t.state == TrialState.COMPLETE:
+                best = max(best, t.value)
+            if best > -math.inf:
+                numbers.append(t.number)
+                seconds.append(spent)
+                values.append(best)
+        name = study.study_name
+        by_number.add_trace(go.Scatter(x=numbers, y=values, mode="lines", name=name))
+        by_seconds.add_trace(go.Scatter(x=seconds, y=values, mode="lines", name=name))
+    by_number.update_layout(
+        title="Best so far by trial", xaxis_title="trial", yaxis_title="best validation accuracy"
+    )
+    by_seconds.update_layout(
+        title="Best so far by training time",
+        xaxis_title="training seconds (cumulative)",
+        yaxis_title="best validation accuracy",
+    )
+    return [by_number, by_seconds]
+
+
+def _sort_key(value: object) -> tuple[int, float | str]:
+    return (0, value) if isinstance(value, int | float) else (1, str(value))

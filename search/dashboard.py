@@ -1,0 +1,102 @@
+"""optuna-dashboard on a study's storage, and the per-trial notes that make it worth opening."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+
+from search import study as studies
+from search.errors import SettingsError, StorageError
+
+if TYPE_CHECKING:
+    from search.train import EpochResult
+
+
+def trial_note(outcome: str, params: dict[str, Any], history: Sequence[EpochResult]) -> str:
+    """Markdown: how the trial ended, its params, and a row per epoch."""
+    lines = [f"**{outcome}**", "", "| param | value |", "| --- | --- |"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in params.items()]
+    lines += [
+        "",
+        "| epoch | val accuracy | train loss | seconds | images/s |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r.epoch} | {r.val_accuracy:.4f} | {r.train_loss:.4f} | {r.seconds:.2f} | "
+        f"{r.images_per_second:,.0f} |"
+        for r in history
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def save_trial_note(trial: optuna.Trial, note: str) -> None:
+    from optuna_dashboard import save_note  # a second to import: only once a trial ends
+
+    save_note(trial, note)
+
+
+def local_storage(name: str | None) -> str:
+    """The storage URL to serve when none is given: the study's file, or the only one there is."""
+    if name is not None:
+        return studies.default_url(name)
+    urls = studies.local_urls()
+    if len(urls) == 1:
+        return urls[0]
+    if not urls:
+        raise StorageError(f"no studies in {studies.STUDIES_DIR}/; run one first (search run)")
+    raise StorageError(
+        f"{len(urls)} study files in {studies.STUDIES_DIR}/: name a study or pass --storage"
+    )
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # the dashboard fetches in parallel; Ctrl-C must not wait for them
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would bury the URL
+
+
+def serve(
+    name: str | None,
+    storage_url: str | None,
+    host: str,
+    port: int,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Serve optuna-dashboard for the storage until interrupted; print the URL to open."""
+    from optuna_dashboard import wsgi
+
+    if not 0 <= port < 65536:
+        raise SettingsError(f"--port {port}: must be between 0 (any free port) and 65535")
+    url = storage_url or local_storage(name)
+    storage = studies.open_storage(url, create=False)
+    path = "/dashboard/"
+    if name is not None:
+        if name not in studies.study_names(storage):
+            raise StorageError(f"no study {name!r} in {studies.describe(url)}")
+        path += f"studies/{storage.get_study_id_from_name(name)}"
+    try:
+        server = make_server(
+            host, port, wsgi(storage), server_class=_ThreadingServer, handler_class=_QuietHandler
+        )
+    except OSError as e:
+        raise SettingsError(
+            f"--host {host} --port {port}: cannot listen: {e.strerror or e}"
+        ) from None
+    shown_host = f"[{host}]" if ":" in host else host
+    echo(
+        f"optuna-dashboard for {studies.describe(url)} at http://{shown_host}:{server.server_port}{path}"
+    )
+    echo("Ctrl-C stops it")
+    with server:
+        server.serve_forever()
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")

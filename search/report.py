@@ -1,0 +1,344 @@
+"""`search report`: one self-contained HTML page per study (or comparing several studies).
+
+The page opens offline: plotly.js is embedded once and every chart refers to it. Reading a study
+needs its storage only; this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.trial import FrozenTrial, TrialState
+
+from search import charts
+from search import study as studies
+from search.errors import StorageError
+from search.summary import state_counts
+
+REPORTS_DIR = Path("reports")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the summary says about one study, computed once from its trials."""
+
+    study: optuna.Study
+    url: str
+    trials: list[FrozenTrial]
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    best: FrozenTrial | None
+    training_seconds: float
+    pruner_saved_seconds: float
+
+    @classmethod
+    def of(cls, study: optuna.Study, url: str) -> Facts:
+        trials = study.get_trials(deepcopy=False)
+        settings = study.user_attrs.get(studies.SETTINGS_ATTR, {})
+        max_epochs = settings.get("epochs")
+        saved = 0.0
+        for t in trials:
+            epoch_seconds = t.user_attrs.get("epoch_seconds") or []
+            if t.state == TrialState.PRUNED and max_epochs and epoch_seconds:
+                # Epochs the pruner spared, at this trial's own measured epoch time.
+                not_run = max_epochs - t.user_attrs.get("epochs_run", len(epoch_seconds))
+                saved += not_run * sum(epoch_seconds) / len(epoch_seconds)
+        completed = charts.complete(trials)
+        return cls(
+            study=study,
+            url=url,
+            trials=trials,
+            settings=settings,
+            environment=study.user_attrs.get(studies.ENVIRONMENT_ATTR, {}),
+            best=max(completed, key=lambda t: t.value) if completed else None,
+            training_seconds=sum(t.user_attrs.get("seconds", 0.0) for t in trials),
+            pruner_saved_seconds=saved,
+        )
+
+
+def default_path(names: list[str]) -> Path:
+    return REPORTS_DIR / f"{'-vs-'.join(names)}.html"
+
+
+def load(names: list[str], storage: str | None) -> list[tuple[optuna.Study, str]]:
+    """The named studies, each from ``storage`` or its own default SQLite file."""
+    if not names:
+        raise StorageError("name at least one study (search list shows them)")
+    loaded = []
+    for name in names:
+        url = storage or studies.default_url(name)
+        loaded.append((studies.load_existing(name, url), url))
+    return loaded
+
+
+def write(studies_and_urls: list[tuple[optuna.Study, str]], out: Path) -> Path:
+    """Write the report page to ``out`` (atomically: a reader never sees half a page)."""
+    page = render([Facts.of(study, url) for study, url in studies_and_urls])
+    if not out.parent.is_dir():
+        if out.parent == REPORTS_DIR:
+            out.parent.mkdir()
+        else:
+            raise StorageError(f"--out {out}: folder {out.parent} does not exist")
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        partial.replace(out)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise StorageError(f"--out {out}: cannot write: {e.strerror or e}") from None
+    return out
+
+
+def render(all_facts: list[Facts]) -> str:
+    """The whole page as a string."""
+    names = [f.study.study_name for f in all_facts]
+    body: list[str] = []
+    if len(all_facts) > 1:
+        body.append(
+            _section("Comparison", "", charts.compare_studies([f.study for f in all_facts]))
+        )
+    for facts in all_facts:
+        body.append(_study_sections(facts, heading=len(all_facts) > 1))
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return _PAGE.format(
+        title=html.escape(" vs ".join(names)),
+        generated=generated,
+        plotly_js=plotly.offline.get_plotlyjs(),
+        body="\n".join(body),
+        script=_TABLE_SCRIPT,
+    )
+
+
+def _study_sections(facts: Facts, heading: bool) -> str:
+    study, trials = facts.study, facts.trials
+    parts = []
+    if heading:
+        parts.append(f"<h2 class='study'>{html.escape(study.study_name)}</h2>")
+    parts.append(_section("Summary", _summary(facts), []))
+    parts.append(
+        _section(
+            "Optimization history",
+            "Validation accuracy of each complete trial and the best so far.",
+            [charts.optimization_history(study)],
+        )
+    )
+    parts.append(
+        _section(
+            "Learning curves",
+            "Validation accuracy after every epoch. Pruned trials are dotted and end in ×; "
+            "the best trial is the bold green line.",
+            [charts.learning_curves(trials, facts.best)],
+        )
+    )
+    parts.append(
+        _section(
+            "Parallel coordinates",
+            "Each line is a complete trial across the sampled hyperparameters, coloured by "
+            "accuracy.",
+            [charts.parallel_coordinate(study)],
+        )
+    )
+    parts.append(
+        _section(
+            "Hyperparameter importance",
+            "How much of the variation in accuracy each hyperparameter explains (fANOVA, "
+            "optuna.importance).",
+            [charts.importance(study)],
+        )
+    )
+    parts.append(
+        _section(
+            "Slices",
+            "Accuracy against each hyperparameter on its own; log-sampled ones on log axes.",
+            [charts.slices(study)],
+        )
+    )
+    parts.append(
+        _section(
+            "Comparisons",
+            "Accuracy by optimizer, depth and batch size; throughput by batch size.",
+            [
+                charts.by_param(trials, "optimizer"),
+                charts.by_param(trials, "depth"),
+                charts.by_param(trials, "batch_size"),
+                charts.throughput_by_batch_size(trials),
+            ],
+        )
+    )
+    parts.append(
+        _section("Timeline", "When each trial ran, and how it ended.", [charts.timeline(study)])
+    )
+    parts.append(
+        _section("All trials", "Click a column heading to sort.", [], _trial_table(trials))
+    )
+    return "\n".join(parts)
+
+
+def _section(title: str, intro: str, figures: list[go.Figure | None], extra: str = "") -> str:
+    drawn = []
+    for figure in figures:
+        if figure is None:
+            continue
+        # Optuna sizes some figures in pixels (the slice plot: 300 px a param); fit the page instead.
+        figure.update_layout(template="plotly_white", width=None, autosize=True, height=420)
+        drawn.append(
+            "<div class='chart'>"
+            + figure.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+            + "</div>"
+        )
+    if figures and not drawn:
+        drawn.append("<p class='empty'>Not enough finished trials to draw this yet.</p>")
+    return (
+        f"<section><h3>{html.escape(title)}</h3>"
+        + (f"<div class='intro'>{intro}</div>" if intro else "")
+        + (f"<div class='grid'>{''.join(drawn)}</div>" if len(drawn) > 1 else "".join(drawn))
+        + extra
+        + "</section>"
+    )
+
+
+def _summary(facts: Facts) -> str:
+    study, settings, env = facts.study, facts.settings, facts.environment
+    rows = [
+        ("study", study.study_name),
+        ("storage", studies.describe(facts.url)),
+        ("task", f"{settings.get('task', '?')}, model {settings.get('model', '?')}"),
+        ("space", settings.get("space_source", "?")),
+        (
+            "search",
+            (
+                f"{settings.get('sampler', '?')} sampler, {settings.get('pruner', '?')} pruner, "
+                f"seed {settings.get('seed', '?')}, up to {settings.get('epochs', '?')} epochs"
+            ),
+        ),
+        ("trials", f"{len(facts.trials)} in all: {state_counts(study)}"),
+    ]
+    if facts.best is not None:
+        params = ", ".join(f"{k} = {_fmt(v)}" for k, v in facts.best.params.items())
+        rows.append(("best", f"trial {facts.best.number}: val accuracy {facts.best.value:.4f}"))
+        rows.append(("best params", params))
+    else:
+        rows.append(("best", "no complete trial yet"))
+    rows.append(("training time", f"{facts.training_seconds:.1f} s"))
+    rows.append(
+        (
+            "saved by pruning",
+            (
+                f"≈ {facts.pruner_saved_seconds:.1f} s (epochs not run × the "
+                "trial's measured epoch time)"
+            ),
+        )
+    )
+    if env:
+        versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+        rows.append(
+            (
+                "device",
+                f"{env.get('device')} ({env.get('device_name')})"
+                + (f", CUDA {env['cuda']}" if env.get("cuda") else ""),
+            )
+        )
+        rows.append(
+            ("versions", versions + (f", git {env['git_sha'][:10]}" if env.get("git_sha") else ""))
+        )
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    return f"<table class='summary'>{cells}</table>"
+
+
+def _trial_table(trials: list[FrozenTrial]) -> str:
+    param_names = sorted({name for t in trials for name in t.params})
+    head = ["#", "state", "value", *param_names, "epochs", "seconds", "reason"]
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        reason = t.user_attrs.get("fail_detail") or (
+            f"pruned at epoch {t.user_attrs.get('epochs_run', t.last_step)}"
+            if t.state == TrialState.PRUNED
+            else ""
+        )
+        cells = [
+            (t.number, str(t.number)),
+            (t.state.name, t.state.name),
+            (t.value if t.value is not None else -1, "" if t.value is None else f"{t.value:.4f}"),
+            *((t.params.get(p, ""), _fmt(t.params.get(p, ""))) for p in param_names),
+            (t.user_attrs.get("epochs_run", 0), str(t.user_attrs.get("epochs_run", ""))),
+            (t.user_attrs.get("seconds", 0.0), f"{t.user_attrs.get('seconds', 0.0):.2f}"),
+            (reason, reason),
+        ]
+        rows.append(
+            f"<tr class='{t.state.name.lower()}'>"
+            + "".join(
+                f"<td data-sort='{html.escape(json.dumps(key))}'>{html.escape(text)}</td>"
+                for key, text in cells
+            )
+            + "</tr>"
+        )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        f"<table class='trials sortable'><thead><tr>{header}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+_TABLE_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach((th, column) => {
+  th.addEventListener("click", () => {
+    const body = th.closest("table").tBodies[0];
+    const ascending = th.dataset.order !== "asc";
+    th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.order);
+    th.dataset.order = ascending ? "asc" : "desc";
+    const key = row => JSON.parse(row.cells[column].dataset.sort);
+    const rows = Array.from(body.rows).sort((a, b) => {
+      const x = key(a), y = key(b);
+      const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : String(x).localeCompare(String(y));
+      return ascending ? order : -order;
+    });
+    rows.forEach(row => body.appendChild(row));
+  });
+});
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>search report: {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
+h1 {{ margin-bottom: 0; }} .generated {{ color: #777; margin-top: .2rem; }}
+section {{ margin: 2rem 0; }} h2.study {{ border-top: 3px solid #1f77b4; padding-top: 1rem; }}
+.intro {{ color: #555; margin-bottom: .5rem; }}
+.grid {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }} .empty {{ color: #999; font-style: italic; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: .25rem .6rem; text-align: left; }}
+table.summary th {{ color: #555; font-weight: 600; vertical-align: top; }}
+table.trials {{ font-size: .85rem; width: 100%; }} table.trials thead th {{ cursor: pointer;
+  position: sticky; top: 0; background: #f4f4f4; border-bottom: 2px solid #ccc; }}
+table.trials th[data-order=asc]::after {{ content: " ▲"; }}
+table.trials th[data-order=desc]::after {{ content: " ▼"; }}
+table.trials tr:nth-child(even) {{ background: #fafafa; }}
+tr.pruned td:nth-child(2) {{ color: #ff7f0e; }} tr.fail td:nth-child(2) {{ color: #d62728; }}
+tr.complete td:nth-child(2) {{ color: #1f77b4; }}
+</style>
+<script>{plotly_js}</script>
+</head>
+<body>
+<h1>search report: {title}</h1>
+<p class="generated">generated {generated}</p>
+{body}
+<script>{script}</script>
+</body>
+</html>
+"""

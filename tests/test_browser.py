@@ -1,0 +1,144 @@
+"""The report and the dashboard in headless Chromium (Debian's, driven by Playwright).
+
+Skipped where Chromium or Playwright is missing, unless SEARCH_REQUIRE_BROWSER=1 (as in .ci/run),
+which turns a missing browser into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import search_command, tiny_space, toml
+from test_dashboard import Dashboard
+
+CHROMIUM = os.environ.get("SEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# As root in a sandbox without a network: no setuid sandbox, no GPU, no calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if os.environ.get("SEARCH_REQUIRE_BROWSER") == "1":
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), (
+        f"SEARCH_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}"
+    )
+else:
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    """A real small study: 8 trials of the tiny digits space, trained by the CLI."""
+    folder = tmp_path_factory.mktemp("browser")
+    (folder / "tiny.toml").write_text(toml(tiny_space(epochs=3)))
+    run = subprocess.run(
+        [*search_command(), "run", "--space", "tiny.toml", "--trials", "8", "--pruner", "median"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    return folder
+
+
+def _page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    return page, errors
+
+
+CHART_STATE = """() => Array.from(document.querySelectorAll('.chart')).map(chart => {
+  const plot = chart.querySelector('.js-plotly-plot');
+  const box = plot ? plot.getBoundingClientRect() : {width: 0, height: 0};
+  return {
+    title: plot && plot.layout.title ? plot.layout.title.text : null,
+    traces: plot && plot._fullData ? plot._fullData.filter(t => t.visible !== false).length : 0,
+    drawn: plot ? plot.querySelectorAll('.trace, .point, .bars path, .gl-canvas').length : 0,
+    width: box.width,
+    height: box.height,
+  };
+})"""
+
+
+def test_report_renders_every_chart_without_errors(browser, study_dir: Path) -> None:
+    result = subprocess.run(
+        [*search_command(), "report", "tiny"],
+        cwd=study_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    path = study_dir / result.stdout.strip()
+    assert path == study_dir / "reports" / "tiny.html"
+
+    page, errors = _page(browser)
+    page.goto(path.as_uri())
+    page.wait_for_function(
+        "() => { const charts = Array.from(document.querySelectorAll('.chart'));"
+        " return charts.length > 0 && charts.every(c => c.querySelector('.main-svg')); }"
+    )
+    page.wait_for_timeout(500)
+    charts = page.evaluate(CHART_STATE)
+    assert errors == []
+    assert len(charts) == 10, [c["title"] for c in charts]
+    for chart in charts:
+        assert chart["traces"] > 0 and chart["drawn"] > 0, chart
+        assert chart["width"] > 300 and chart["height"] > 300, chart
+    assert page.locator("table.trials tbody tr").count() == 8
+
+    # Sorting the table by value, descending, puts the best trial first.
+    header = page.locator("table.trials th", has_text="value")
+    header.click()
+    header.click()
+    values = page.locator("table.trials tbody tr td:nth-child(3)").all_inner_texts()
+    numbers = [float(v) for v in values if v]
+    assert numbers == sorted(numbers, reverse=True)
+
+    screenshot = study_dir / "report.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 50_000
+    page.close()
+
+
+def test_dashboard_shows_the_study_and_its_trials(browser, study_dir: Path) -> None:
+    dashboard = Dashboard(study_dir, "tiny")
+    try:
+        page, errors = _page(browser)
+        page.goto(dashboard.url)
+        page.get_by_text("tiny (id=1)").wait_for()
+        page.goto(dashboard.url + "/trials")
+        page.get_by_text("Trial 7", exact=True).first.wait_for()
+        for number in range(8):
+            assert page.get_by_text(f"Trial {number}", exact=True).count() >= 1
+        page.get_by_text("Trial 0", exact=True).first.click()
+        page.get_by_text("val accuracy").first.wait_for()  # the trial's note, a table per epoch
+        page.screenshot(path=str(study_dir / "dashboard.png"))
+        assert errors == []
+        page.close()
+    finally:
+        dashboard.stop()
