@@ -31,9 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
-    parser = _Parser(
-        prog="search", description="Hyperparameter search for PyTorch, on Optuna.", parents=[common]
-    )
+    parser = _Parser(prog="search", description="Hyperparameter search for PyTorch, on Optuna.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", parents=[common], help="run or resume a study")
