@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--download", action="store_true", help="download missing torchvision datasets"
+    )
+    run.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a running trial's heartbeats; one silent for 3 is retried (default: 10)",
     )
 
     listing = commands.add_parser(
@@ -129,12 +136,17 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         data_dir=args.data_dir.expanduser(),
         download=args.download,
+        heartbeat=args.heartbeat,
     )
+    # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = run(settings)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
         print(
-            "\ninterrupted; finished trials are saved. Resume with: "
+            "\ninterrupted; finished trials are saved and the interrupted one resumes from its "
+            "last epoch. Resume with: "
             f"search run --study {study_name(settings)} --trials {args.trials}",
             file=sys.stderr,
         )

@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
+from search.checkpoint import FileCheckpoint
 from search.dashboard import save_trial_note, trial_note
 from search.errors import TrialFailure
 from search.spaces import Space
-from search.study import trial_seed
+from search.study import original_number, trial_seed
 from search.tasks import Task, models
 from search.tasks.data import DeviceData
 from search.train import EpochResult, Hyperparameters, fit
@@ -36,27 +38,39 @@ class Objective:
     """Trains one configuration per trial on data already on the device; maximizes val accuracy."""
 
     def __init__(
-        self, space: Space, task: Task, data: DeviceData, *, epochs: int, seed: int
+        self,
+        space: Space,
+        task: Task,
+        data: DeviceData,
+        *,
+        epochs: int,
+        seed: int,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         self.space = space
         self.task = task
         self.data = data
         self.epochs = epochs
         self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
         hp, depth = hyperparameters(params)
-        seed = trial_seed(self.seed, trial.number)
+        # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
+        origin = original_number(trial.study.get_trials(deepcopy=False)[trial.number])
+        seed = trial_seed(self.seed, origin)
         device = self.data.device
         torch.manual_seed(seed)  # model initialization
         model = models.build(self.space.model, depth, self.task.input_shape, self.task.num_classes)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        checkpoint = None
+        if self.checkpoint_dir is not None:
+            checkpoint = FileCheckpoint(self.checkpoint_dir / f"{origin}.pt", device)
         history: list[EpochResult] = []
 
         def report_and_maybe_prune(result: EpochResult) -> None:
-            history.append(result)
             trial.report(result.val_accuracy, result.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
@@ -66,11 +80,20 @@ class Objective:
             "device": str(device),
             "param_count": sum(p.numel() for p in model.parameters()),
         }
+        if origin != trial.number:
+            attrs["retry_of"] = origin
         start = time.perf_counter()
         outcome = ""
         try:
             fit(
-                model, self.data, hp, epochs=self.epochs, seed=seed, on_epoch=report_and_maybe_prune
+                model,
+                self.data,
+                hp,
+                epochs=self.epochs,
+                seed=seed,
+                on_epoch=report_and_maybe_prune,
+                checkpoint=checkpoint,
+                history=history,
             )
         except TrialFailure as failure:
             # The failing epoch ran but reported nothing, so it is not in the history.
@@ -84,7 +107,7 @@ class Objective:
             raise
         except KeyboardInterrupt:
             attrs.update(fail_reason="interrupted", fail_detail="interrupted")
-            raise  # stop at once: no note for a trial that will be run again
+            raise  # stop at once; the checkpoint stays for the retry the runner queues
         except Exception as error:
             attrs.update(fail_reason="error", fail_detail=f"{type(error).__name__}: {error}")
             outcome = f"failed: {attrs['fail_detail']}"
@@ -97,10 +120,14 @@ class Objective:
                 "seconds": round(time.perf_counter() - start, 4),
                 **attrs,
             }
+            if checkpoint is not None and checkpoint.restored_epochs:
+                attrs["resumed_from_epoch"] = checkpoint.restored_epochs
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
             if outcome:
                 save_trial_note(trial, trial_note(outcome, params, history))
+                if checkpoint is not None:
+                    checkpoint.delete()  # finished: its retry will never need it
         return max(result.val_accuracy for result in history)
 
 

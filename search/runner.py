@@ -43,6 +43,7 @@ class RunSettings:
     device: str | None = None
     data_dir: Path = Path("data")
     download: bool = False
+    heartbeat: int = 10
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     _check_ranges(settings)
     name = study_name(settings)
     url = settings.storage or studies.default_url(name)
-    storage, existing = _load_existing(url, name)
+    storage, existing = _load_existing(url, name, settings.heartbeat)
     if existing is not None:
         space, fixed = _resume_settings(existing, settings, url)
     else:
@@ -89,7 +90,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
 
     # Everything is checked: only now is a study created or changed.
     if existing is None:
-        storage = storage or studies.open_storage(url, create=True)
+        storage = storage or studies.open_storage(url, create=True, heartbeat=settings.heartbeat)
         if name in studies.study_names(storage):
             # Created, then killed before its settings were stored: empty, so nothing is lost.
             optuna.delete_study(study_name=name, storage=storage)
@@ -114,6 +115,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     else:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
 
+    studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
     finished_before = studies.count_finished(study)
     remaining = settings.trials - finished_before
     start = time.perf_counter()
@@ -126,7 +128,14 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         echo(
             f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, running {remaining} more on {device}"
         )
-        objective = Objective(space, task, data, epochs=fixed["epochs"], seed=fixed["seed"])
+        objective = Objective(
+            space,
+            task,
+            data,
+            epochs=fixed["epochs"],
+            seed=fixed["seed"],
+            checkpoint_dir=studies.STUDIES_DIR / "checkpoints" / name,
+        )
         with TrialLog(total=remaining) as log:
             study.optimize(
                 objective,
@@ -150,6 +159,8 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
     if settings.epochs is not None and settings.epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
+    if settings.heartbeat < 1:
+        raise SettingsError(f"--heartbeat must be at least 1 second, got {settings.heartbeat}")
     if settings.timeout is not None and settings.timeout <= 0:
         raise SettingsError(f"--timeout must be positive seconds, got {settings.timeout}")
     if settings.sampler is not None and settings.sampler not in studies.SAMPLERS:
@@ -163,13 +174,13 @@ def _check_ranges(settings: RunSettings) -> None:
 
 
 def _load_existing(
-    url: str, name: str
+    url: str, name: str, heartbeat: int
 ) -> tuple[optuna.storages.BaseStorage | None, optuna.Study | None]:
     """The storage if it exists, and the study if it exists in it; never creates a SQLite file."""
     path = studies.sqlite_path(url)
     if path is not None and not path.exists():
         return None, None
-    storage = studies.open_storage(url, create=path is None)
+    storage = studies.open_storage(url, create=path is None, heartbeat=heartbeat)
     if name not in studies.study_names(storage):
         return storage, None
     study = optuna.load_study(storage=storage, study_name=name)

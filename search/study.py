@@ -31,9 +31,14 @@ PRUNERS = ("median", "hyperband", "sha", "none")
 # A FAIL with one of these reasons says something about its configuration, so it counts as a
 # finished trial; any other FAIL (a crash, an interrupt) is work still to do.
 COUNTED_FAIL_REASONS = ("diverged", "oom")
+MAX_RETRIES = 3  # times a trial whose worker died (or was interrupted) is run again
 SETTINGS_ATTR = "search.settings"
 SPACE_ATTR = "search.space"
 ENVIRONMENT_ATTR = "search.environment"
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    _RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -67,8 +72,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, create: bool, heartbeat: int | None = None
+) -> optuna.storages.RDBStorage:
     """Open an RDB storage. With ``create=False`` a missing SQLite file is an error, not a new file.
+
+    With ``heartbeat`` (seconds), running trials record a heartbeat that often; one silent for
+    three intervals is failed, and a copy of it (same params, same checkpoint) is queued.
 
     Raises:
         StorageError: the URL is malformed, its driver is missing, or the database is unreachable.
@@ -88,8 +98,24 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif parsed.get_backend_name() == "sqlite" and not create:
         raise StorageError(f"storage {url}: an in-memory database holds no studies")
+    heartbeat_kwargs: dict[str, Any] = {}
+    if heartbeat is not None:
+        heartbeat_kwargs = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": 3 * heartbeat,
+            "heartbeat_stale_trial_callback": _RETRY,
+        }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, **heartbeat_kwargs
+            )
+        if path is not None and create:
+            # Readers (a dashboard, `search list`) then never block the workers writing trials.
+            with storage.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return storage
     except ImportError as e:
         raise StorageError(f"storage {describe(url)}: driver not installed ({e})") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
@@ -161,6 +187,30 @@ def is_finished(trial: FrozenTrial) -> bool:
 
 def count_finished(study: optuna.Study) -> int:
     return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+
+
+def requeue_unfinished(study: optuna.Study) -> None:
+    """Queue a retry of every trial whose worker died or was interrupted and is not retried yet.
+
+    Stale trials (no heartbeat for three intervals) go through Optuna's heartbeat machinery;
+    interrupted ones (Ctrl-C, SIGTERM) are handed to the same retry callback.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in _RETRY.retry_history(t)}
+        for trial in trials:
+            if trial.user_attrs.get("fail_reason") == "interrupted" and trial.number not in retried:
+                _RETRY(study, trial)
+
+
+def original_number(trial: FrozenTrial) -> int:
+    """The number of the trial this one retries (through any chain of retries), or its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        origin = _RETRY.retried_trial_number(trial)
+    return trial.number if origin is None else origin
 
 
 def trial_seed(study_seed: int, number: int) -> int:

@@ -7,10 +7,12 @@ per epoch, which is also where a NaN/inf loss is caught.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,14 @@ class Hyperparameters:
     optimizer: str = "adam"
     momentum: float = 0.0
     weight_decay: float = 0.0
+
+
+class Checkpoint(Protocol):
+    """Where `fit` keeps its state between epochs (see `search.checkpoint.FileCheckpoint`)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,16 @@ def fit(
     epochs: int,
     seed: int,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    checkpoint: Checkpoint | None = None,
+    history: list[EpochResult] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` on ``data`` for ``epochs`` epochs; call ``on_epoch`` after each one.
 
     ``on_epoch`` may raise to stop training (the objective raises ``optuna.TrialPruned``).
+    With a ``checkpoint``, training continues from the state it holds (passing each restored
+    epoch to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``.
+    Epochs are appended to ``history`` (returned), which the caller keeps even when training
+    stops with an exception.
 
     Raises:
         Diverged: the mean training loss of an epoch was NaN or infinite.
@@ -110,8 +126,19 @@ def fit(
     optimizer = make_optimizer(hp, model.parameters())
     generator = torch.Generator(device=device).manual_seed(seed)
     steps = data.n_train // hp.batch_size
-    history: list[EpochResult] = []
-    for epoch in range(1, epochs + 1):
+    history = [] if history is None else history
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].to(generator.device))
+        torch.set_rng_state(state["torch_rng"])
+        restored = [EpochResult(**row) for row in state["history"]]
+        history.extend(restored)
+        for result in restored:  # the caller records them again (a retry is a new trial)
+            if on_epoch is not None:
+                on_epoch(result)
+    for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -135,6 +162,16 @@ def fit(
             images_per_second=steps * hp.batch_size / train_seconds,
         )
         history.append(result)
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": [dataclasses.asdict(r) for r in history],
+                }
+            )
         if on_epoch is not None:
             on_epoch(result)
     return history

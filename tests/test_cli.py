@@ -212,7 +212,7 @@ def test_sqlite_file_is_a_real_optuna_database(cli, tmp_path, write_space) -> No
     assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
 
 
-def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(
+def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
     cli, tmp_path, write_space
 ) -> None:
     space = write_space(tiny_space(epochs=40))
@@ -224,7 +224,7 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(
     for line in process.stdout:
         if line.startswith("#0"):
             break  # trial 0 finished: trial 1 is training now
-    time.sleep(0.5)
+    time.sleep(1.5)  # a few of trial 1's 40 epochs, each checkpointed
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -238,7 +238,14 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_completes_the_target(
 
     resumed = cli("run", "--study", "tiny", "--trials", "3")
     assert resumed.returncode == 0 and "running 2 more" in resumed.stdout
-    assert studies.count_finished(_load(tmp_path, "tiny")) == 3
+    study = _load(tmp_path, "tiny")
+    assert studies.count_finished(study) == 3
+    # Trial 1 ran again first, as trial 2: same params, continuing from its last checkpoint.
+    retry = study.trials[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.params == study.trials[1].params
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert sorted(retry.intermediate_values) == list(range(1, 41))
+    assert not any((tmp_path / "studies" / "checkpoints" / "tiny").iterdir())
 
 
 def test_an_empty_study_left_by_a_killed_create_is_replaced(cli, tmp_path, write_space) -> None:

@@ -170,3 +170,50 @@ def test_pick_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(SettingsError, match="--device cuda: CUDA is not available"):
             pick_device("cuda")
+
+
+def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(
+    tmp_path, digits: DeviceData
+) -> None:
+    from search.checkpoint import FileCheckpoint
+
+    hp = Hyperparameters(lr=0.02, batch_size=64, optimizer="sgd", momentum=0.9)
+    straight = fit(_model(), digits, hp, epochs=4, seed=3)
+
+    checkpoint = FileCheckpoint(tmp_path / "t.pt", CPU)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(result: EpochResult) -> None:
+        if result.epoch == 2:
+            raise Killed  # after epoch 2 was checkpointed, as a SIGKILL would leave it
+
+    with pytest.raises(Killed):
+        fit(_model(), digits, hp, epochs=4, seed=3, on_epoch=die_after_two, checkpoint=checkpoint)
+    assert not list(tmp_path.glob("*.partial"))
+
+    seen: list[int] = []
+    resumed = fit(
+        _model(),
+        digits,
+        hp,
+        epochs=4,
+        seed=3,
+        checkpoint=checkpoint,
+        on_epoch=lambda r: seen.append(r.epoch),
+    )
+    assert checkpoint.restored_epochs == 2
+    assert seen == [1, 2, 3, 4]  # restored epochs are handed on again, then training continues
+    assert [r.train_loss for r in resumed] == [r.train_loss for r in straight]
+    assert [r.val_accuracy for r in resumed] == [r.val_accuracy for r in straight]
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path) -> None:
+    from search.checkpoint import FileCheckpoint
+    from search.errors import StorageError
+
+    path = tmp_path / "t.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(StorageError, match=f"checkpoint {path}: unreadable"):
+        FileCheckpoint(path, CPU).load()

@@ -1,0 +1,85 @@
+"""Studies survive their worker being killed: SIGKILL at random moments, then restarts."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+from conftest import search_command, tiny_space
+from optuna.trial import TrialState
+
+from search import study as studies
+
+TARGET = 16
+
+
+def _start(cwd: Path, space: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*search_command(), "run", "--space", str(space), "--trials", str(TARGET)]
+        + ["--pruner", "none", "--heartbeat", "1"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
+    tmp_path: Path, write_space
+) -> None:
+    space = write_space(tiny_space(epochs=12))
+    rng = random.Random(4)
+    kills = 0
+    for _ in range(4):
+        process = _start(tmp_path, space)
+        # Past the start-up (imports, data), into the trials, at a different moment each time.
+        time.sleep(rng.uniform(7.0, 11.0))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    assert kills >= 3
+
+    storage = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
+    for _ in range(2):
+        final = _start(tmp_path, space)
+        _, stderr = final.communicate(timeout=300)
+        assert final.returncode == 0, stderr
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        if not study.get_trials(states=(TrialState.RUNNING,)):
+            break
+        time.sleep(4)  # the last killed trial turns stale after 3 heartbeats; the rerun retries it
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert studies.count_finished(study) == TARGET
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    print(f"\n  {kills} kills; trials: {_history(study)}")
+    resumed = [t for t in study.trials if t.user_attrs.get("resumed_from_epoch")]
+    assert resumed, "no trial continued from a checkpoint"
+    for trial in resumed:
+        origin = study.trials[trial.user_attrs["retry_of"]]
+        # Same configuration and seed as the trial it continues.
+        assert trial.params == origin.params
+        assert trial.user_attrs["seed"] == studies.trial_seed(0, origin.number)
+        if trial.state == TrialState.COMPLETE:
+            assert sorted(trial.intermediate_values) == list(range(1, 13))
+    # Checkpoints are deleted as trials finish: only unfinished trials may keep one.
+    left = list((tmp_path / "studies" / "checkpoints" / "tiny").glob("*.pt"))
+    unfinished = {t.number for t in study.trials if not studies.is_finished(t)}
+    assert {int(p.stem) for p in left} <= unfinished
+
+
+def _history(study: optuna.Study) -> str:
+    """``0:C 1:F 2:C<1@3`` (trial 2 completed trial 1, resumed after epoch 3)."""
+    parts = []
+    for t in study.trials:
+        part = f"{t.number}:{t.state.name[0]}"
+        if "retry_of" in t.user_attrs:
+            part += f"<{t.user_attrs['retry_of']}@{t.user_attrs.get('resumed_from_epoch', 0)}"
+        parts.append(part)
+    return " ".join(parts)
