@@ -29,6 +29,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of GPU numbers like 0,1"
+        ) from None
+    if any(g < 0 for g in gpus):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU numbers start at 0")
+    return gpus
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
@@ -53,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--download", action="store_true", help="download missing torchvision datasets"
+    )
+    run.add_argument(
+        "--jobs", type=int, default=1, help="worker processes on this machine (default: 1)"
+    )
+    run.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        default=(),
+        help="spread the workers over these CUDA devices, e.g. 0,1 (several per GPU allowed)",
     )
     run.add_argument(
         "--heartbeat",
@@ -137,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir.expanduser(),
         download=args.download,
         heartbeat=args.heartbeat,
+        jobs=args.jobs,
+        gpus=args.gpus,
     )
     # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

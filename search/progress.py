@@ -8,6 +8,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from search.study import count_finished
+
 
 def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_short(v)}" for k, v in params.items())
@@ -29,18 +31,29 @@ def trial_line(trial: FrozenTrial) -> str:
 
 
 class TrialLog:
-    """An Optuna callback: advances a progress bar (on a terminal) and prints each finished trial."""
+    """An Optuna callback: prints each finished trial and, on a terminal, a progress bar over the
+    study's finished trials (those of every worker)."""
 
-    def __init__(self, total: int) -> None:
-        self.bar = tqdm(total=total, unit="trial", disable=None, leave=False, dynamic_ncols=True)
+    def __init__(self, total: int, done: int = 0, show_bar: bool = True) -> None:
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            unit="trial",
+            disable=None if show_bar else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.bar.write(trial_line(trial))
-        self.bar.update(1)
+        if self.bar.disable:
+            return
+        self.bar.n = min(self.bar.total, count_finished(study))
         try:
             self.bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
         except ValueError:  # no completed trial yet
             pass
+        self.bar.refresh()
 
     def __enter__(self) -> Self:
         return self

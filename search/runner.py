@@ -6,6 +6,7 @@ before a study is created or changed, so bad input never leaves a half-made stud
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +15,10 @@ from typing import Any
 
 import optuna
 
-from search import spaces, tasks
+from search import spaces, tasks, workers
 from search import study as studies
-from search.errors import SettingsError, SpaceError, StorageError, TrialFailure
-from search.objective import Objective, hyperparameters
-from search.progress import TrialLog
+from search.errors import SettingsError, SpaceError, StorageError
+from search.objective import hyperparameters
 from search.spaces import Space
 from search.tasks.data import DeviceData
 from search.train import pick_device
@@ -44,6 +44,8 @@ class RunSettings:
     data_dir: Path = Path("data")
     download: bool = False
     heartbeat: int = 10
+    jobs: int = 1
+    gpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         }
 
     task = tasks.get(space.task)
-    device = pick_device(settings.device)
+    worker_devices = workers.devices(settings.device, list(settings.gpus), settings.jobs)
+    for name_of_device in set(worker_devices):
+        pick_device(name_of_device)  # every worker's device exists here
+    device = pick_device(worker_devices[0])
     split = task.load(settings.data_dir, settings.download, True)
     data = DeviceData.from_split(
         split,
@@ -110,43 +115,81 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         )
         study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
         echo(
-            f"created study {name} (space {space.source}, {fixed['sampler']} sampler, {fixed['pruner']} pruner) in {studies.describe(url)}"
+            f"created study {name} (space {space.source}, {fixed['sampler']} sampler, "
+            f"{fixed['pruner']} pruner) in {studies.describe(url)}"
         )
     else:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
 
     studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
     finished_before = studies.count_finished(study)
-    remaining = settings.trials - finished_before
     start = time.perf_counter()
-    if remaining <= 0:
+    if finished_before >= settings.trials:
         echo(
-            f"study {name} already has {finished_before} finished trials (target {settings.trials}); nothing to run"
+            f"study {name} already has {finished_before} finished trials "
+            f"(target {settings.trials}); nothing to run"
         )
     else:
         verb = "resuming" if finished_before else "running"
+        where = f"{settings.jobs} workers" if settings.jobs > 1 else str(device)
         echo(
-            f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, running {remaining} more on {device}"
+            f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, "
+            f"running {settings.trials - finished_before} more on {where}"
         )
-        objective = Objective(
-            space,
-            task,
-            data,
-            epochs=fixed["epochs"],
-            seed=fixed["seed"],
-            checkpoint_dir=studies.STUDIES_DIR / "checkpoints" / name,
+        spec = workers.Worker(
+            study=name,
+            url=url,
+            space=space.data,
+            space_name=space.name,
+            fixed=fixed,
+            trials=0,
+            target=settings.trials,
+            device=None,
+            data_dir=settings.data_dir,
+            download=False,  # fetched above if asked
+            heartbeat=settings.heartbeat,
+            timeout=settings.timeout,
+            threads=workers.threads_per_worker(settings.jobs, device),
         )
-        with TrialLog(total=remaining) as log:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=settings.timeout,
-                catch=(TrialFailure,),
-                callbacks=[log],
-            )
+        _run_until_target(study, spec, worker_devices, data, settings)
     return RunResult(
         study, url, finished_before, studies.count_finished(study), time.perf_counter() - start
     )
+
+
+def _run_until_target(
+    study: optuna.Study,
+    spec: workers.Worker,
+    worker_devices: list[str | None],
+    data: DeviceData,
+    settings: RunSettings,
+) -> None:
+    """Run worker quotas until the study has its target of finished trials.
+
+    A round falls short when a trial of a dead worker (killed before this run) was still RUNNING:
+    its heartbeat goes stale within three intervals, and the next round retries it.
+    """
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    while (remaining := settings.trials - studies.count_finished(study)) > 0:
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:
+            # Trials that will finish elsewhere, or turn stale and be retried here.
+            if remaining <= len(running):
+                time.sleep(settings.heartbeat)
+                studies.requeue_unfinished(study)
+                continue
+            remaining -= len(running)
+        shares = workers.quotas(remaining, settings.jobs)
+        workers.run_all(
+            [
+                dataclasses.replace(spec, index=i, trials=n, device=worker_devices[i])
+                for i, n in enumerate(shares)
+            ],
+            first_data=data,
+        )
+        studies.requeue_unfinished(study)
 
 
 def study_name(settings: RunSettings) -> str:
@@ -159,6 +202,8 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
     if settings.epochs is not None and settings.epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
+    if settings.jobs < 1:
+        raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
     if settings.heartbeat < 1:
         raise SettingsError(f"--heartbeat must be at least 1 second, got {settings.heartbeat}")
     if settings.timeout is not None and settings.timeout <= 0:

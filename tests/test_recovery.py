@@ -83,3 +83,39 @@ def _history(study: optuna.Study) -> str:
             part += f"<{t.user_attrs['retry_of']}@{t.user_attrs.get('resumed_from_epoch', 0)}"
         parts.append(part)
     return " ".join(parts)
+
+
+def test_eight_workers_and_a_reader_on_one_sqlite_file(tmp_path: Path, write_space) -> None:
+    space = write_space(tiny_space(epochs=1))
+    run = subprocess.Popen(
+        [*search_command(), "run", "--space", str(space), "--trials", "24", "--jobs", "8"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
+    reads = 0
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        if (tmp_path / "studies" / "tiny.db").exists():
+            try:
+                study = optuna.load_study(study_name="tiny", storage=storage)
+            except KeyError:
+                pass  # created, settings not stored yet
+            else:
+                study.get_trials(deepcopy=False)
+                reads += 1
+        time.sleep(0.05)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert "locked" not in stderr and "Traceback" not in stderr
+    assert "running 24 more on 8 workers" in stdout
+    assert reads > 10
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trials = study.trials
+    assert [t.number for t in trials] == list(range(24))  # none lost, none extra
+    assert all(studies.is_finished(t) and "seconds" in t.user_attrs for t in trials)
+    # Distinct sampler seeds per worker: no two workers sampled the same configuration.
+    assert len({t.params["lr"] for t in trials}) == 24
