@@ -33,11 +33,12 @@ class TrialFailure(Exception):
 
     Attributes:
         reason: a short machine-readable word stored in the trial's ``fail_reason`` user attr.
-        epoch: the epoch (1-based) at which the trial stopped.
+        epoch: the epoch (1-based) at which the trial stopped; 0 before training began.
     """
 
     def __init__(self, reason: str, epoch: int, detail: str = "") -> None:
-        super().__init__(f"{reason} at epoch {epoch}" + (f": {detail}" if detail else ""))
+        where = f"at epoch {epoch}" if epoch else "before training"
+        super().__init__(f"{reason} {where}" + (f": {detail}" if detail else ""))
         self.reason = reason
         self.epoch = epoch
 
@@ -47,3 +48,10 @@ class Diverged(TrialFailure):
 
     def __init__(self, epoch: int, loss: float) -> None:
         super().__init__("diverged", epoch, f"train loss {loss}")
+
+
+class OutOfMemory(TrialFailure):
+    """The device (or the CPU allocator) ran out of memory for this configuration."""
+
+    def __init__(self, epoch: int, detail: str) -> None:
+        super().__init__("oom", epoch, detail)

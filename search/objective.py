@@ -8,6 +8,7 @@ and a markdown note (params and a row per epoch) that optuna-dashboard shows bes
 from __future__ import annotations
 
 import dataclasses
+import gc
 import resource
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from search.checkpoint import FileCheckpoint
 from search.dashboard import save_trial_note, trial_note
-from search.errors import TrialFailure
+from search.errors import OutOfMemory, TrialFailure
 from search.spaces import Space
 from search.study import original_number, trial_seed
 from search.tasks import Task, models
@@ -85,10 +86,12 @@ class Objective:
         start = time.perf_counter()
         outcome = ""
         try:
-            fit(
+            _predict_oom(trial, hp.batch_size, depth)
+            _fit_or_oom(
                 model,
                 self.data,
                 hp,
+                depth,
                 epochs=self.epochs,
                 seed=seed,
                 on_epoch=report_and_maybe_prune,
@@ -100,6 +103,8 @@ class Objective:
             attrs.update(
                 fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch
             )
+            if failure.reason == "oom":
+                attrs["oom_at"] = {"batch_size": hp.batch_size, "depth": depth}
             outcome = f"failed: {failure}"
             raise
         except optuna.TrialPruned as pruned:
@@ -129,6 +134,42 @@ class Objective:
                 if checkpoint is not None:
                     checkpoint.delete()  # finished: its retry will never need it
         return max(result.val_accuracy for result in history)
+
+
+def _fit_or_oom(
+    model: torch.nn.Module, data: DeviceData, hp: Hyperparameters, depth: int, **kwargs: Any
+) -> None:
+    """`fit`, turning an out-of-memory error into `OutOfMemory` once its memory is released."""
+    history = kwargs["history"]
+    try:
+        fit(model, data, hp, **kwargs)
+        return
+    except torch.cuda.OutOfMemoryError:
+        pass
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error):  # the CPU allocator's way of saying it
+            raise
+    # Outside the except block the failed step's frames, and the activations they hold, are gone.
+    gc.collect()
+    if data.device.type == "cuda":
+        torch.cuda.empty_cache()
+    raise OutOfMemory(len(history) + 1, f"batch_size {hp.batch_size}, depth {depth}")
+
+
+def _predict_oom(trial: optuna.Trial, batch_size: int, depth: int) -> None:
+    """Fail at once, as `oom`, a configuration at least as large as one that ran out of memory.
+
+    Samplers learn nothing from failed trials, so the study itself remembers: a later trial with
+    no smaller batch and no smaller depth than an OOM trial skips training it could not finish.
+    """
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if other.user_attrs.get("fail_reason") != "oom":
+            continue
+        size = other.user_attrs.get("oom_at", {})
+        if batch_size >= size.get("batch_size", batch_size + 1) and depth >= size.get("depth", 0):
+            raise OutOfMemory(
+                0, f"batch_size {batch_size}, depth {depth}, as large as OOM trial {other.number}"
+            )
 
 
 def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:

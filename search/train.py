@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search import faults
 from search.errors import Diverged, SettingsError
 from search.tasks.data import DeviceData, layout_for
 
@@ -138,6 +139,7 @@ def fit(
         for result in restored:  # the caller records them again (a retry is a new trial)
             if on_epoch is not None:
                 on_epoch(result)
+    faults.check_oom(hp.batch_size)
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         model.train()

@@ -119,3 +119,33 @@ def test_eight_workers_and_a_reader_on_one_sqlite_file(tmp_path: Path, write_spa
     assert all(studies.is_finished(t) and "seconds" in t.user_attrs for t in trials)
     # Distinct sampler seeds per worker: no two workers sampled the same configuration.
     assert len({t.params["lr"] for t in trials}) == 24
+
+
+def test_out_of_memory_fails_the_trial_and_later_ones_in_that_region_skip_training(
+    cli, tmp_path: Path, write_space, monkeypatch
+) -> None:
+    space = tiny_space(epochs=2)
+    space["params"]["batch_size"]["choices"] = [32, 64, 128]
+    monkeypatch.setenv("SEARCH_FAULT_OOM_BATCH", "128")  # the documented fault hook
+    result = cli("run", "--space", str(write_space(space)), "--trials", "12", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    assert studies.count_finished(study) == 12  # out-of-memory trials count as finished
+    oom = [t for t in study.trials if t.user_attrs.get("fail_reason") == "oom"]
+    assert oom and all(t.params["batch_size"] == 128 for t in oom)
+    assert all(t.state == TrialState.FAIL for t in oom)
+    first = oom[0]
+    assert first.user_attrs["oom_at"] == {"batch_size": 128, "depth": first.params["depth"]}
+    assert "oom at epoch 1: batch_size 128" in first.user_attrs["fail_detail"]
+    # Later trials at least as large skip training: the study remembers what did not fit.
+    predicted = [t for t in oom if "as large as OOM trial" in t.user_attrs["fail_detail"]]
+    assert predicted
+    for trial in predicted:
+        assert trial.user_attrs["fail_detail"].startswith("oom before training")
+        assert trial.user_attrs["epochs_run"] == 0 and not trial.intermediate_values
+    assert all(t.state != TrialState.FAIL for t in study.trials if t.params["batch_size"] < 128)
+
+    report = cli("report", "tiny")
+    page = (tmp_path / report.stdout.strip()).read_text()
+    assert f"{len(oom)} oom" in page and "oom at epoch 1: batch_size 128" in page
