@@ -8,6 +8,7 @@ and it is deleted when the trial finishes, so disk use is bounded by the trials 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -40,10 +41,17 @@ class FileCheckpoint:
             ) from None
 
     def save(self, state: dict[str, Any]) -> None:
+        # Serialized in memory first: torch.save on a full disk fails with an opaque RuntimeError,
+        # while a plain write says "No space left on device".
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         partial = self.path.with_name(self.path.name + ".partial")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, partial)
+            with open(partial, "wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
             os.replace(partial, self.path)
         except OSError as e:
             partial.unlink(missing_ok=True)

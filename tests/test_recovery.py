@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import search_command, tiny_space
 from optuna.trial import TrialState
 
@@ -149,3 +150,41 @@ def test_out_of_memory_fails_the_trial_and_later_ones_in_that_region_skip_traini
     report = cli("report", "tiny")
     page = (tmp_path / report.stdout.strip()).read_text()
     assert f"{len(oom)} oom" in page and "oom at epoch 1: batch_size 128" in page
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 64 KiB tmpfs where the study's checkpoints go (needs root: mount)."""
+    folder = tmp_path / "studies" / "checkpoints" / "tiny"
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_clear_error_and_loses_nothing(
+    cli, tmp_path: Path, write_space, small_disk: Path
+) -> None:
+    space = write_space(tiny_space(epochs=2))
+    first = cli("run", "--space", str(space), "--trials", "2", "--pruner", "none")
+    # depth-2 CNN checkpoints (weights and optimizer state) outgrow 64 KiB at once
+    assert first.returncode == 2, first.stdout + first.stderr
+    lines = first.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], first.stderr
+    assert lines[0].startswith("search run: error: checkpoint studies/checkpoints/tiny/")
+    assert not [p for p in small_disk.iterdir() if p.name.endswith(".partial")]
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert studies.count_finished(study) == 0
+
+    subprocess.run(["umount", str(small_disk)], check=True)
+    again = cli("run", "--study", "tiny", "--trials", "2")
+    assert again.returncode == 0, again.stderr
+    assert studies.count_finished(optuna.load_study(study_name="tiny", storage=study._storage)) == 2
