@@ -6,16 +6,20 @@ This is the only module that parses storage URLs. The default storage of study `
 
 from __future__ import annotations
 
+import copy
+import os
 import platform
 import re
 import subprocess
 import warnings
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
@@ -119,6 +123,11 @@ def open_storage(
     except ImportError as e:
         raise StorageError(f"storage {describe(url)}: driver not installed ({e})") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
+        if path is not None and not os.access(path.parent, os.W_OK):
+            raise StorageError(
+                f"storage {url}: folder {path.parent} is read-only, and SQLite writes its journal "
+                "beside the database; make it writable or copy the file elsewhere"
+            ) from None
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"storage {describe(url)}: {first_line}") from None
 
@@ -198,11 +207,46 @@ def requeue_unfinished(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        _fail_silent_trials(study)
         trials = study.get_trials(deepcopy=False)
         retried = {n for t in trials for n in _RETRY.retry_history(t)}
         for trial in trials:
             if trial.user_attrs.get("fail_reason") == "interrupted" and trial.number not in retried:
                 _RETRY(study, trial)
+
+
+def _fail_silent_trials(study: optuna.Study) -> None:
+    """Fail (and queue a retry of) RUNNING trials that never recorded a heartbeat.
+
+    Optuna's stale-trial check skips a trial with no heartbeat at all, which is what a worker
+    killed between creating a trial and starting its heartbeat leaves behind: RUNNING forever.
+    Older than the grace period, such a trial has no live worker.
+    """
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache layer
+    interval = getattr(storage, "heartbeat_interval", None)
+    if not isinstance(storage, optuna.storages.RDBStorage) or interval is None:
+        return
+    grace = storage.grace_period or 2 * interval
+    with storage.engine.connect() as connection:
+        silent = connection.execute(
+            sqlalchemy.text(
+                "SELECT t.trial_id, t.number FROM trials t JOIN studies s ON s.study_id = t.study_id"
+                " WHERE s.study_name = :name AND t.state = 'RUNNING' AND NOT EXISTS"
+                " (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"
+            ),
+            {"name": study.study_name},
+        ).all()
+    trials = study.get_trials(deepcopy=False)
+    for trial_id, number in silent:
+        started = trials[number].datetime_start
+        now = datetime.now(started.tzinfo) if started else None
+        if started is None or (now - started).total_seconds() < grace:
+            continue
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                _RETRY(study, copy.deepcopy(storage.get_trial(trial_id)))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
 
 
 def original_number(trial: FrozenTrial) -> int:
@@ -216,6 +260,14 @@ def original_number(trial: FrozenTrial) -> int:
 def trial_seed(study_seed: int, number: int) -> int:
     """A trial's own seed, derived from the study's seed and the trial number."""
     return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0] >> 1)
+
+
+def sampler_seed(study_seed: int, worker: int, trials_so_far: int) -> int:
+    """A sampler's seed: distinct per worker and per resume, or a resumed run (or a second
+    worker) would draw the same start-up configurations again."""
+    return int(
+        np.random.SeedSequence([study_seed, worker, trials_so_far, 1]).generate_state(1)[0] >> 1
+    )
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -95,17 +95,14 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
             device=device,
             augment=task.augment,
         )
-    # Distinct sampler seeds, or the workers' random start-up trials would all be the same.
-    sampler = studies.make_sampler(
-        fixed["sampler"], fixed["seed"] + worker.index, conditional=space.has_conditions
-    )
     storage = studies.open_storage(worker.url, create=False, heartbeat=worker.heartbeat)
-    study = optuna.load_study(
-        study_name=worker.study,
-        storage=storage,
-        sampler=sampler,
-        pruner=studies.make_pruner(fixed["pruner"], fixed["epochs"]),
+    study = optuna.load_study(study_name=worker.study, storage=storage)
+    study.sampler = studies.make_sampler(
+        fixed["sampler"],
+        studies.sampler_seed(fixed["seed"], worker.index, len(study.get_trials(deepcopy=False))),
+        conditional=space.has_conditions,
     )
+    study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
     objective = Objective(
         space,
         task,

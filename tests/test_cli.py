@@ -212,8 +212,9 @@ def test_sqlite_file_is_a_real_optuna_database(cli, tmp_path, write_space) -> No
     assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
-    cli, tmp_path, write_space
+    cli, tmp_path, write_space, stop
 ) -> None:
     space = write_space(tiny_space(epochs=40))
     command = [*search_command(), "run", "--space", str(space), "--trials", "3", "--pruner", "none"]
@@ -225,7 +226,7 @@ def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
         if line.startswith("#0"):
             break  # trial 0 finished: trial 1 is training now
     time.sleep(1.5)  # a few of trial 1's 40 epochs, each checkpointed
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Resume with: search run --study tiny --trials 3" in stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import optuna
 import pytest
 from conftest import search_command, tiny_space
 from optuna.trial import TrialState
+from test_dashboard import Dashboard, _search
 
 from search import study as studies
 
@@ -86,40 +88,41 @@ def _history(study: optuna.Study) -> str:
     return " ".join(parts)
 
 
-def test_eight_workers_and_a_reader_on_one_sqlite_file(tmp_path: Path, write_space) -> None:
+def test_sixteen_workers_and_a_dashboard_on_one_sqlite_file(tmp_path: Path, write_space) -> None:
     space = write_space(tiny_space(epochs=1))
+    # The study exists before the dashboard opens it; then 16 workers add 32 trials.
+    assert _search(tmp_path, "run", "--space", str(space), "--trials", "1").returncode == 0
+    dashboard = Dashboard(tmp_path, "tiny")
     run = subprocess.Popen(
-        [*search_command(), "run", "--space", str(space), "--trials", "24", "--jobs", "8"],
+        [*search_command(), "run", "--study", "tiny", "--trials", "33", "--jobs", "16"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    storage = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     reads = 0
-    deadline = time.monotonic() + 300
-    while run.poll() is None and time.monotonic() < deadline:
-        if (tmp_path / "studies" / "tiny.db").exists():
-            try:
-                study = optuna.load_study(study_name="tiny", storage=storage)
-            except KeyError:
-                pass  # created, settings not stored yet
-            else:
-                study.get_trials(deepcopy=False)
-                reads += 1
-        time.sleep(0.05)
-    stdout, stderr = run.communicate(timeout=60)
+    deadline = time.monotonic() + 400
+    try:
+        while run.poll() is None and time.monotonic() < deadline:
+            status, body = dashboard.get("/api/studies/1")
+            assert status == 200 and json.loads(body)["name"] == "tiny"
+            reads += 1
+            time.sleep(0.05)
+        stdout, stderr = run.communicate(timeout=60)
+    finally:
+        dashboard_stderr = dashboard.stop()
     assert run.returncode == 0, stderr
-    assert "locked" not in stderr and "Traceback" not in stderr
-    assert "running 24 more on 8 workers" in stdout
+    assert "locked" not in stderr + dashboard_stderr
+    assert "Traceback" not in stderr + dashboard_stderr
+    assert "running 32 more on 16 workers" in stdout
     assert reads > 10
 
-    study = optuna.load_study(study_name="tiny", storage=storage)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     trials = study.trials
-    assert [t.number for t in trials] == list(range(24))  # none lost, none extra
+    assert [t.number for t in trials] == list(range(33))  # none lost, none extra
     assert all(studies.is_finished(t) and "seconds" in t.user_attrs for t in trials)
     # Distinct sampler seeds per worker: no two workers sampled the same configuration.
-    assert len({t.params["lr"] for t in trials}) == 24
+    assert len({t.params["lr"] for t in trials}) == 33
 
 
 def test_out_of_memory_fails_the_trial_and_later_ones_in_that_region_skip_training(
@@ -188,3 +191,28 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_clear_error_and_loses_noth
     again = cli("run", "--study", "tiny", "--trials", "2")
     assert again.returncode == 0, again.stderr
     assert studies.count_finished(optuna.load_study(study_name="tiny", storage=study._storage)) == 2
+
+
+def test_a_read_only_studies_folder_is_one_clear_error_and_changes_nothing(
+    cli, tmp_path: Path, write_space
+) -> None:
+    space = write_space(tiny_space(epochs=1))
+    assert cli("run", "--space", str(space), "--trials", "1").returncode == 0
+    folder = tmp_path / "studies"
+    before = (folder / "tiny.db").read_bytes()
+    # A read-only bind mount: read-only even for root, as a permission bit would not be.
+    mounted = subprocess.run(
+        ["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        for command in (["run", "--study", "tiny", "--trials", "3"], ["list"], ["report", "tiny"]):
+            result = cli(*command)
+            assert result.returncode == 2, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+            assert "folder studies is read-only" in result.stderr
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+    assert (folder / "tiny.db").read_bytes() == before

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -170,3 +171,19 @@ def test_a_bad_configuration_is_pruned_and_costs_are_recorded(
         assert len(attrs["epoch_seconds"]) == len(attrs["images_per_second"]) == attrs["epochs_run"]
         assert attrs["param_count"] > 0 and attrs["peak_memory_mb"] > 0 and attrs["device"] == "cpu"
         assert attrs["seed"] == studies.trial_seed(0, t.number)
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_not_running_forever(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    plain = optuna.create_study(storage=studies.open_storage(url, create=True), study_name="h")
+    plain.ask()  # RUNNING, and no heartbeat ever recorded: its worker "died" at once
+    study = optuna.load_study(
+        study_name="h", storage=studies.open_storage(url, create=False, heartbeat=1)
+    )
+    studies.requeue_unfinished(study)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # within the grace period
+    time.sleep(3.5)
+    studies.requeue_unfinished(study)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert studies.original_number(study.trials[1]) == 0
