@@ -152,7 +152,10 @@ def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.s
         with warnings.catch_warnings():
             # `group` is marked experimental; it is what lets TPE model conditional params jointly.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
+            # constant_liar: parallel workers see running trials as bad, not as unexplored points.
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=conditional, constant_liar=True
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":

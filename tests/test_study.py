@@ -187,3 +187,23 @@ def test_a_trial_killed_before_its_first_heartbeat_is_not_running_forever(tmp_pa
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert studies.original_number(study.trials[1]) == 0
+
+
+def test_worker_devices_and_quotas() -> None:
+    from search import workers
+
+    assert workers.devices(None, [], 3) == [None, None, None]
+    assert workers.devices(None, [0, 1], 5) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    with pytest.raises(SettingsError, match="--device cpu and --gpus"):
+        workers.devices("cpu", [0], 2)
+    assert workers.quotas(10, 4) == [3, 3, 2, 2]
+    assert workers.quotas(2, 8) == [1, 1]  # no idle workers
+    assert sum(workers.quotas(33, 16)) == 33
+    assert workers.threads_per_worker(1, torch.device("cpu")) is None
+    assert workers.threads_per_worker(64, torch.device("cpu")) == 1
+
+
+def test_sampler_seeds_differ_by_worker_and_by_resume() -> None:
+    seeds = {studies.sampler_seed(0, w, n) for w in range(16) for n in (0, 10, 100)}
+    assert len(seeds) == 48
+    assert studies.sampler_seed(0, 0, 0) == studies.sampler_seed(0, 0, 0)
