@@ -79,13 +79,8 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     for name_of_device in set(worker_devices):
         pick_device(name_of_device)  # every worker's device exists here
     device = pick_device(worker_devices[0])
-    split = task.load(settings.data_dir, settings.download, True)
-    data = DeviceData.from_split(
-        split,
-        val_fraction=space.val_fraction,
-        seed=fixed["seed"],
-        device=device,
-        augment=task.augment,
+    data = workers.load_data(
+        task, space, settings.data_dir, settings.download, fixed["seed"], device
     )
     _check_batch_sizes(space, data.n_train)
     sampler = studies.make_sampler(

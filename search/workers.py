@@ -87,14 +87,7 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
     device = pick_device(worker.device)
     fixed = worker.fixed
     if data is None:
-        split = task.load(worker.data_dir, worker.download, True)
-        data = DeviceData.from_split(
-            split,
-            val_fraction=space.val_fraction,
-            seed=fixed["seed"],
-            device=device,
-            augment=task.augment,
-        )
+        data = load_data(task, space, worker.data_dir, worker.download, fixed["seed"], device)
     storage = studies.open_storage(worker.url, create=False, heartbeat=worker.heartbeat)
     study = optuna.load_study(study_name=worker.study, storage=storage)
     study.sampler = studies.make_sampler(
@@ -120,6 +113,21 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
             catch=(TrialFailure,),
             callbacks=[log],
         )
+
+
+def load_data(
+    task: tasks.Task,
+    space: spaces.Space,
+    data_dir: Path,
+    download: bool,
+    seed: int,
+    device: torch.device,
+) -> DeviceData:
+    """The task's training split on ``device``, with the study's seeded validation split."""
+    split = task.load(data_dir, download, True)
+    return DeviceData.from_split(
+        split, val_fraction=space.val_fraction, seed=seed, device=device, augment=task.augment
+    )
 
 
 def quotas(remaining: int, jobs: int) -> list[int]:
