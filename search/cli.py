@@ -6,6 +6,7 @@ A `SearchError` (or a bad flag) prints one line and exits 2; ``--debug`` shows t
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -23,10 +24,34 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line instead of the usage block."""
+    """argparse that reports a bad flag in one line, naming the flag it probably meant."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("allow_abbrev", False)  # every flag spelled out, so typos are caught
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        # A mistyped flag (--tirals) should be named as such, not reported as a missing --trials:
+        # argparse checks required flags first, so check unknown ones before it does.
+        argv = sys.argv[1:] if args is None else list(args)
+        known = set(self._option_string_actions)
+        subcommands = {
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        }
+        if not subcommands:
+            for arg in argv:
+                flag = arg.split("=", 1)[0]
+                if flag.startswith("--") and flag not in known:
+                    close = difflib.get_close_matches(flag, known, n=1)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    self.error(f"unrecognized argument {flag}{hint}")
+        return super().parse_known_args(args, namespace)
 
 
 def _gpu_list(text: str) -> tuple[int, ...]:

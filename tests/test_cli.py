@@ -154,7 +154,9 @@ BAD_RUNS = [
     ),
     (["--trials", "5", "--space", "mnist", "--data-dir", "empty"], "MNIST data not found in empty"),
     (["--trials", "5", "--device", "tpu"], "--device 'tpu'"),
-    (["--trials", "5", "--tirals", "3"], "unrecognized arguments: --tirals 3"),
+    (["--trials", "5", "--tirals", "3"], "unrecognized argument --tirals; did you mean --trials?"),
+    (["--tirals", "3"], "unrecognized argument --tirals; did you mean --trials?"),
+    (["--trials", "5", "--sampler=bayes"], "argument --sampler: invalid choice: 'bayes'"),
 ]
 
 
