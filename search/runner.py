@@ -197,6 +197,8 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
     if settings.epochs is not None and settings.epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
+    if settings.seed is not None and not 0 <= settings.seed < 2**32:
+        raise SettingsError(f"--seed must be in 0..{2**32 - 1}, got {settings.seed}")
     if settings.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
     if settings.heartbeat < 1:
