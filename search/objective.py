@@ -82,7 +82,8 @@ class Objective:
             "param_count": sum(p.numel() for p in model.parameters()),
         }
         if origin != trial.number:
-            attrs["retry_of"] = origin
+            # A retry starts with a copy of its original's user attrs, failure included.
+            attrs.update(retry_of=origin, fail_reason=None, fail_detail=None)
         start = time.perf_counter()
         outcome = ""
         try:

@@ -214,7 +214,8 @@ def requeue_unfinished(study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
         retried = {n for t in trials for n in _RETRY.retry_history(t)}
         for trial in trials:
-            if trial.user_attrs.get("fail_reason") == "interrupted" and trial.number not in retried:
+            interrupted = trial.user_attrs.get("fail_reason") == "interrupted"
+            if trial.state == TrialState.FAIL and interrupted and trial.number not in retried:
                 _RETRY(study, trial)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ def quotas(remaining: int, jobs: int) -> list[int]:
 
 
 def _child(worker: Worker) -> None:
+    # Stopped by the parent (SIGTERM) or Ctrl-C in the terminal (SIGINT to the whole group):
+    # either way the running trial is marked interrupted, and the next run retries it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         work(worker)

@@ -251,6 +251,8 @@ def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
     retry = study.trials[2]
     assert retry.user_attrs["retry_of"] == 1 and retry.params == study.trials[1].params
     assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert retry.user_attrs["fail_reason"] is None  # not the copied "interrupted"
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert sorted(retry.intermediate_values) == list(range(1, 61))
     assert not any((tmp_path / "studies" / "checkpoints" / "tiny").iterdir())
 
