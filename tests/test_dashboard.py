@@ -102,6 +102,7 @@ def test_reading_the_dashboard_while_a_study_runs_breaks_neither(tiny_study: Pat
             time.sleep(0.1)
         _, stderr = run.communicate(timeout=60)
     finally:
+        run.kill()  # a no-op once it has exited
         dashboard.stop()
     assert run.returncode == 0, stderr
     assert polls > 5

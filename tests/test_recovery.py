@@ -51,7 +51,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
     storage = f"sqlite:///{tmp_path / 'studies' / 'tiny.db'}"
     for _ in range(2):
         final = _start(tmp_path, space)
-        _, stderr = final.communicate(timeout=300)
+        try:
+            _, stderr = final.communicate(timeout=300)
+        finally:
+            final.kill()  # a no-op once it has exited; never left running after a failure
         assert final.returncode == 0, stderr
         study = optuna.load_study(study_name="tiny", storage=storage)
         if not study.get_trials(states=(TrialState.RUNNING,)):
@@ -110,6 +113,7 @@ def test_sixteen_workers_and_a_dashboard_on_one_sqlite_file(tmp_path: Path, writ
             time.sleep(0.05)
         stdout, stderr = run.communicate(timeout=60)
     finally:
+        run.kill()  # a no-op once it has exited
         dashboard_stderr = dashboard.stop()
     assert run.returncode == 0, stderr
     assert "locked" not in stderr + dashboard_stderr
