@@ -83,10 +83,6 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         task, space, settings.data_dir, settings.download, fixed["seed"], device
     )
     _check_batch_sizes(space, data.n_train)
-    sampler = studies.make_sampler(
-        fixed["sampler"], fixed["seed"], conditional=space.has_conditions
-    )
-    pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
 
     # Everything is checked: only now is a study created or changed.
     if existing is None:
@@ -94,9 +90,8 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         if name in studies.study_names(storage):
             # Created, then killed before its settings were stored: empty, so nothing is lost.
             optuna.delete_study(study_name=name, storage=storage)
-        study = optuna.create_study(
-            storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=pruner
-        )
+        # Each worker brings its own sampler and pruner (see search.workers).
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         study.set_user_attr(studies.SPACE_ATTR, space.data)
         study.set_user_attr(
             studies.SETTINGS_ATTR,
@@ -114,7 +109,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
             f"{fixed['pruner']} pruner) in {studies.describe(url)}"
         )
     else:
-        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+        study = existing
 
     studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
     finished_before = studies.count_finished(study)

@@ -10,7 +10,6 @@ Every problem is reported as ``<file>: <key>: <what is wrong>, got <value>``.
 
 from __future__ import annotations
 
-import json
 import math
 import tomllib
 from collections.abc import Callable
@@ -104,9 +103,6 @@ class Space:
             if param.active(sampled):
                 sampled[param.name] = _suggest(trial, param.name, param.distribution)
         return sampled
-
-    def canonical(self) -> str:
-        return json.dumps(self.data, sort_keys=True)
 
 
 def _suggest(trial: optuna.Trial, name: str, d: optuna.distributions.BaseDistribution) -> Any:
