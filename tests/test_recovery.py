@@ -18,6 +18,8 @@ from test_dashboard import Dashboard, _search
 from search import study as studies
 
 TARGET = 16
+# Long enough that the study outlives every kill: 16 trials of about 2-3 s each on 2 cores.
+EPOCHS = 30
 
 
 def _start(cwd: Path, space: Path) -> subprocess.Popen[str]:
@@ -34,7 +36,7 @@ def _start(cwd: Path, space: Path) -> subprocess.Popen[str]:
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
     tmp_path: Path, write_space
 ) -> None:
-    space = write_space(tiny_space(epochs=12))
+    space = write_space(tiny_space(epochs=EPOCHS))
     rng = random.Random(4)
     kills = 0
     for _ in range(4):
@@ -73,7 +75,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
         assert trial.params == origin.params
         assert trial.user_attrs["seed"] == studies.trial_seed(0, origin.number)
         if trial.state == TrialState.COMPLETE:
-            assert sorted(trial.intermediate_values) == list(range(1, 13))
+            assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
     # Checkpoints are deleted as trials finish: only unfinished trials may keep one.
     left = list((tmp_path / "studies" / "checkpoints" / "tiny").glob("*.pt"))
     unfinished = {t.number for t in study.trials if not studies.is_finished(t)}
