@@ -6,6 +6,8 @@ on a hand-computed spatial size: each depth builds on each input shape.
 - ``mlp``: ``depth`` hidden layers of 256 units.
 - ``cnn``: ``depth`` conv blocks (3×3 conv, batch norm, ReLU); a block halves the spatial size with a
   2×2 max pool while the feature map is at least 2×2, so deep nets on 8×8 digits stay valid.
+- ``cnn1d``: the same blocks in one dimension (kernel 5, pool 2), for signals stored as 1×1×L
+  images (MNIST-1D).
 - ``resnet``: the CIFAR ResNet of He et al. (2016): three stages of 16/32/64 channels with
   ``depth`` basic blocks each (depth 3 = ResNet-20). Blocks add an identity shortcut; the first
   block of stages 2 and 3 halves the size and uses a 1×1 projection shortcut there only.
@@ -19,7 +21,7 @@ from torch import nn
 from search.errors import TaskError
 
 # The most depth each family allows; spaces are validated against it.
-MAX_DEPTH = {"mlp": 8, "cnn": 8, "resnet": 9}
+MAX_DEPTH = {"mlp": 8, "cnn": 8, "cnn1d": 6, "resnet": 9}
 FAMILIES = tuple(MAX_DEPTH)
 
 
@@ -36,6 +38,8 @@ def build(
         return MLP(channels * height * width, depth, num_classes)
     if family == "cnn":
         return CNN(channels, min(height, width), depth, num_classes)
+    if family == "cnn1d":
+        return CNN1d(channels * height, width, depth, num_classes)
     return ResNet(channels, depth, num_classes)
 
 
@@ -63,6 +67,24 @@ class CNN(nn.Sequential):
                 size //= 2
             channels = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+        super().__init__(*layers)
+
+
+class CNN1d(nn.Sequential):
+    def __init__(self, channels: int, length: int, depth: int, num_classes: int) -> None:
+        layers: list[nn.Module] = [nn.Flatten(1, 2)]  # N×C×1×L → N×C×L
+        for i in range(depth):
+            width = 32 * 2 ** min(i, 2)
+            layers += [
+                nn.Conv1d(channels, width, 5, padding=2, bias=False),
+                nn.BatchNorm1d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if length >= 2:
+                layers.append(nn.MaxPool1d(2))
+                length //= 2
+            channels = width
+        layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
         super().__init__(*layers)
 
 

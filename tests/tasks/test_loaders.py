@@ -26,6 +26,23 @@ def test_digits_train_and_test_splits_are_disjoint_and_fixed() -> None:
     assert set(train.labels.tolist()) == set(range(10))
 
 
+def test_mnist1d_is_the_standard_generated_dataset() -> None:
+    task = tasks.get("mnist1d")
+    numpy_state = np.random.get_state()[1].copy()
+    train, test = task.load(None, False, True), task.load(None, False, False)
+    # The generator seeds numpy's global state itself; ours is left as it was.
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    assert train.images.shape == (4000, *task.input_shape) == (4000, 1, 1, 40)
+    assert test.images.shape == (1000, 1, 1, 40)
+    assert torch.bincount(train.labels, minlength=10).min() > 300  # all ten digits, balanced
+    # Deterministic: make_dataset's own seed (42), independent of anything we seed.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    reference = make_dataset(get_dataset_args())
+    assert np.allclose(test.images[:, 0, 0].numpy(), reference["x_test"], atol=1e-6)
+    assert np.array_equal(test.labels.numpy(), reference["y_test"])
+
+
 @pytest.mark.parametrize(
     ("task_name", "class_name"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
 )

@@ -36,6 +36,15 @@ def test_every_shipped_space_uses_a_tested_combination() -> None:
             assert (space.task, space.model, d) in CASES
 
 
+def test_cnn1d_convolves_along_the_signal() -> None:
+    model = models.build("cnn1d", 3, (1, 1, 40), 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool1d)]
+    assert len(pools) == 3  # 40 → 20 → 10 → 5 steps before global pooling
+    assert model(torch.randn(2, 1, 1, 40)).shape == (2, 10)
+
+
 def test_depth_outside_the_family_range_is_refused() -> None:
     with pytest.raises(Exception, match=r"depth must be in 1\.\.9, got 10"):
         models.build("resnet", 10, (3, 32, 32), 10)
