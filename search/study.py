@@ -197,6 +197,11 @@ def is_finished(trial: FrozenTrial) -> bool:
     )
 
 
+def trial_result(trial: FrozenTrial) -> float | None:
+    """A trial's best validation accuracy, pruned trials included (None if it reported none)."""
+    return max(trial.intermediate_values.values(), default=None)
+
+
 def count_finished(study: optuna.Study) -> int:
     return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
 

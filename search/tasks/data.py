@@ -23,6 +23,8 @@ class DeviceData:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+    mean: torch.Tensor  # per-channel statistics of the training part, to prepare other splits
+    std: torch.Tensor
     augment: bool = False
 
     @classmethod
@@ -59,8 +61,16 @@ class DeviceData:
             train_y=labels[train_idx],
             val_x=prepare(images[val_idx]),
             val_y=labels[val_idx],
+            mean=mean,
+            std=std,
             augment=augment,
         )
+
+    def prepare(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """Another split (the test set) on this device, normalized as the training part was."""
+        images = split.images.to(device=self.device, dtype=torch.float32)
+        x = ((images - self.mean) / self.std).contiguous(memory_format=layout_for(self.device))
+        return x, split.labels.to(device=self.device, dtype=torch.int64)
 
     @property
     def device(self) -> torch.device:

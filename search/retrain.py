@@ -1,0 +1,57 @@
+"""Train a finished trial's configuration again, as the trial did, and score it on the test set.
+
+With the trial's seed the model starts from the same weights and sees its batches in the same order,
+so on the same device (and thread count) it reproduces the trial's validation accuracy. The weights
+of the best validation epoch are kept: that epoch is where the trial's result came from. This module
+is the only place a task's test split is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.objective import hyperparameters
+from search.spaces import Space
+from search.tasks import Task, models
+from search.tasks.data import DeviceData
+from search.train import EpochResult, evaluate, fit
+
+
+@dataclass(frozen=True)
+class Retrained:
+    model: nn.Module  # with the weights of its best validation epoch
+    history: list[EpochResult]
+    best_epoch: int
+    val_accuracy: float
+
+
+def retrain(
+    space: Space, task: Task, data: DeviceData, params: dict[str, Any], *, seed: int, epochs: int
+) -> Retrained:
+    """Train ``params`` for ``epochs`` epochs with ``seed``, keeping the best validation epoch."""
+    hp, depth = hyperparameters(params)
+    torch.manual_seed(seed)  # as the objective does before building the model
+    model = models.build(space.model, depth, task.input_shape, task.num_classes)
+    best: dict[str, Any] = {"accuracy": -1.0}
+
+    def keep_best(result: EpochResult) -> None:
+        if result.val_accuracy > best["accuracy"]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best.update(accuracy=result.val_accuracy, epoch=result.epoch, state=state)
+
+    history = fit(model, data, hp, epochs=epochs, seed=seed, on_epoch=keep_best)
+    model.load_state_dict(best["state"])
+    return Retrained(model, history, best["epoch"], best["accuracy"])
+
+
+def test_accuracy(
+    model: nn.Module, task: Task, data: DeviceData, data_dir: Path, download: bool
+) -> float:
+    """Accuracy on the task's test split, normalized with the training statistics of ``data``."""
+    x, y = data.prepare(task.load(data_dir, download, False))
+    return evaluate(model, x, y)
