@@ -131,12 +131,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8080, help="port (default: 8080; 0: any free)"
     )
 
+    _add_bench(commands, common)
+
     show = commands.add_parser(
         "show", parents=[common], help="show a study's settings and best trial"
     )
     show.add_argument("study")
     show.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bench = commands.add_parser("bench", help="benchmarks: compare search strategies")
+    kinds = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    hpo = kinds.add_parser(
+        "hpo",
+        parents=[common],
+        help="every sampler × pruner × seed as its own study; IQM curves with bootstrap CIs",
+    )
+    hpo.add_argument(
+        "--space", default="mnist1d", help="space file or shipped space name (default: mnist1d)"
+    )
+    hpo.add_argument(
+        "--samplers",
+        type=_names,
+        default=("random", "tpe"),
+        help=f"comma-separated, from {','.join(studies.SAMPLERS)} (default: random,tpe)",
+    )
+    hpo.add_argument(
+        "--pruners",
+        type=_names,
+        default=("none", "median"),
+        help=f"comma-separated, from {','.join(studies.PRUNERS)} (default: none,median)",
+    )
+    hpo.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy (default: 3)")
+    hpo.add_argument(
+        "--trials", type=int, default=30, help="finished trials per study (default: 30)"
+    )
+    hpo.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
+    hpo.add_argument("--jobs", type=int, default=1, help="studies run at once (default: 1)")
+    hpo.add_argument(
+        "--storage",
+        help="storage URL for all the studies (default: sqlite:///studies/bench-SPACE.db)",
+    )
+    hpo.add_argument("--out", type=Path, help="report file (default: reports/bench-SPACE.html)")
+    hpo.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    hpo.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    hpo.add_argument(
+        "--heartbeat", type=int, default=10, help="seconds between trial heartbeats (default: 10)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,12 +289,46 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from search import report
+    from search.bench import hpo, hpo_report
+
+    settings = hpo.HpoSettings(
+        space=args.space,
+        samplers=args.samplers,
+        pruners=args.pruners,
+        seeds=args.seeds,
+        trials=args.trials,
+        epochs=args.epochs,
+        jobs=args.jobs,
+        storage=args.storage,
+        device=args.device,
+        data_dir=args.data_dir.expanduser(),
+        heartbeat=args.heartbeat,
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        comparison = hpo.run(settings)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        print("\ninterrupted; finished trials are saved. Run the same command again to resume.")
+        return EXIT_INTERRUPTED
+    print("\n".join(hpo_report.table_lines(comparison)))
+    out = report.write_page(
+        hpo_report.render(comparison), args.out or report.REPORTS_DIR / f"{settings.prefix}.html"
+    )
+    print(comparison.headline())
+    print(f"report: {out}")
+    return 0
+
+
 _COMMANDS = {
     "run": _run,
     "list": _list,
     "show": _show,
     "report": _report,
     "dashboard": _dashboard,
+    "bench": _bench,
 }
 
 

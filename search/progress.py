@@ -34,7 +34,10 @@ class TrialLog:
     """An Optuna callback: prints each finished trial and, on a terminal, a progress bar over the
     study's finished trials (those of every worker)."""
 
-    def __init__(self, total: int, done: int = 0, show_bar: bool = True) -> None:
+    def __init__(
+        self, total: int, done: int = 0, show_bar: bool = True, show_lines: bool = True
+    ) -> None:
+        self.show_lines = show_lines
         self.bar = tqdm(
             total=total,
             initial=done,
@@ -45,7 +48,8 @@ class TrialLog:
         )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.bar.write(trial_line(trial))
+        if self.show_lines:
+            self.bar.write(trial_line(trial))
         if self.bar.disable:
             return
         self.bar.n = min(self.bar.total, count_finished(study))

@@ -80,8 +80,12 @@ def load(names: list[str], storage: str | None) -> list[tuple[optuna.Study, str]
 
 
 def write(studies_and_urls: list[tuple[optuna.Study, str]], out: Path) -> Path:
-    """Write the report page to ``out`` (atomically: a reader never sees half a page)."""
-    page = render([Facts.of(study, url) for study, url in studies_and_urls])
+    """Write the report page to ``out``."""
+    return write_page(render([Facts.of(study, url) for study, url in studies_and_urls]), out)
+
+
+def write_page(page: str, out: Path) -> Path:
+    """Write ``page`` to ``out`` atomically: a reader never sees half a page."""
     if not out.parent.is_dir():
         if out.parent == REPORTS_DIR:
             out.parent.mkdir()
@@ -102,17 +106,19 @@ def render(all_facts: list[Facts]) -> str:
     names = [f.study.study_name for f in all_facts]
     body: list[str] = []
     if len(all_facts) > 1:
-        body.append(
-            _section("Comparison", "", charts.compare_studies([f.study for f in all_facts]))
-        )
+        body.append(section("Comparison", "", charts.compare_studies([f.study for f in all_facts])))
     for facts in all_facts:
         body.append(_study_sections(facts, heading=len(all_facts) > 1))
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return page(" vs ".join(names), body)
+
+
+def page(title: str, sections: list[str]) -> str:
+    """A whole offline page: plotly.js embedded once, sortable tables, the report's look."""
     return _PAGE.format(
-        title=html.escape(" vs ".join(names)),
-        generated=generated,
+        title=html.escape(title),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         plotly_js=plotly.offline.get_plotlyjs(),
-        body="\n".join(body),
+        body="\n".join(sections),
         script=_TABLE_SCRIPT,
     )
 
@@ -122,16 +128,16 @@ def _study_sections(facts: Facts, heading: bool) -> str:
     parts = []
     if heading:
         parts.append(f"<h2 class='study'>{html.escape(study.study_name)}</h2>")
-    parts.append(_section("Summary", _summary(facts), []))
+    parts.append(section("Summary", _summary(facts), []))
     parts.append(
-        _section(
+        section(
             "Optimization history",
             "Validation accuracy of each complete trial and the best so far.",
             [charts.optimization_history(study)],
         )
     )
     parts.append(
-        _section(
+        section(
             "Learning curves",
             "Validation accuracy after every epoch. Pruned trials are dotted and end in ×; "
             "the best trial is the bold green line.",
@@ -139,7 +145,7 @@ def _study_sections(facts: Facts, heading: bool) -> str:
         )
     )
     parts.append(
-        _section(
+        section(
             "Parallel coordinates",
             "Each line is a complete trial across the sampled hyperparameters, coloured by "
             "accuracy.",
@@ -147,7 +153,7 @@ def _study_sections(facts: Facts, heading: bool) -> str:
         )
     )
     parts.append(
-        _section(
+        section(
             "Hyperparameter importance",
             "How much of the variation in accuracy each hyperparameter explains (fANOVA, "
             "optuna.importance).",
@@ -155,14 +161,14 @@ def _study_sections(facts: Facts, heading: bool) -> str:
         )
     )
     parts.append(
-        _section(
+        section(
             "Slices",
             "Accuracy against each hyperparameter on its own; log-sampled ones on log axes.",
             [charts.slices(study)],
         )
     )
     parts.append(
-        _section(
+        section(
             "Comparisons",
             "Accuracy by optimizer, depth and batch size; throughput by batch size.",
             [
@@ -174,15 +180,14 @@ def _study_sections(facts: Facts, heading: bool) -> str:
         )
     )
     parts.append(
-        _section("Timeline", "When each trial ran, and how it ended.", [charts.timeline(study)])
+        section("Timeline", "When each trial ran, and how it ended.", [charts.timeline(study)])
     )
-    parts.append(
-        _section("All trials", "Click a column heading to sort.", [], _trial_table(trials))
-    )
+    parts.append(section("All trials", "Click a column heading to sort.", [], _trial_table(trials)))
     return "\n".join(parts)
 
 
-def _section(title: str, intro: str, figures: list[go.Figure | None], extra: str = "") -> str:
+def section(title: str, intro: str, figures: list[go.Figure | None], extra: str = "") -> str:
+    """A titled part of the page: an intro, its figures (two to a row) and any extra HTML."""
     drawn = []
     for figure in figures:
         if figure is None:

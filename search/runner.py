@@ -46,6 +46,7 @@ class RunSettings:
     heartbeat: int = 10
     jobs: int = 1
     gpus: tuple[int, ...] = ()
+    quiet: bool = False  # no line per trial, no progress bar (benchmarks print their own)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     url = settings.storage or studies.default_url(name)
     storage, existing = _load_existing(url, name, settings.heartbeat)
     if existing is not None:
-        space, fixed = _resume_settings(existing, settings, url)
+        space, fixed = resume_settings(existing, settings, url)
     else:
         space = spaces.load(settings.space)
         fixed = {
@@ -140,6 +141,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
             heartbeat=settings.heartbeat,
             timeout=settings.timeout,
             threads=workers.threads_per_worker(settings.jobs, device),
+            show_trials=not settings.quiet,
         )
         _run_until_target(study, spec, worker_devices, data, settings)
     return RunResult(
@@ -226,9 +228,14 @@ def _load_existing(
     return storage, study
 
 
-def _resume_settings(
-    study: optuna.Study, settings: RunSettings, url: str
+def resume_settings(
+    study: optuna.Study,
+    settings: RunSettings,
+    url: str,
+    new: str = "start a new study with --study NEW_NAME",
 ) -> tuple[Space, dict[str, Any]]:
+    """The stored space and search settings of ``study``; an error, ending in ``new``, if
+    ``settings`` differ."""
     attrs = study.user_attrs
     if studies.SETTINGS_ATTR not in attrs or studies.SPACE_ATTR not in attrs:
         raise StorageError(
@@ -244,14 +251,14 @@ def _resume_settings(
         if changed:
             raise SpaceError(
                 f"{given.source}: {changed}: differs from the space study {study.study_name} was created "
-                f"with ({stored['space_source']}); start a new study with --study NEW_NAME"
+                f"with ({stored['space_source']}); {new}"
             )
     for key in FIXED_SETTINGS:
         value = getattr(settings, key)
         if value is not None and value != stored[key]:
             raise SettingsError(
                 f"--{key} {value}: study {study.study_name} was created with --{key} {stored[key]}; "
-                "a study's search settings are fixed, start a new study with --study NEW_NAME"
+                f"a study's search settings are fixed, {new}"
             )
     return space, {key: stored[key] for key in FIXED_SETTINGS}
 

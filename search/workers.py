@@ -47,6 +47,7 @@ class Worker:
     timeout: float | None
     index: int = 0
     threads: int | None = None
+    show_trials: bool = True
 
 
 def devices(device: str | None, gpus: list[int] | None, jobs: int) -> list[str | None]:
@@ -106,7 +107,12 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
         checkpoint_dir=studies.STUDIES_DIR / "checkpoints" / worker.study,
     )
     done = studies.count_finished(study)
-    with TrialLog(total=worker.target, done=done, show_bar=show_bar) as log:
+    with TrialLog(
+        total=worker.target,
+        done=done,
+        show_bar=show_bar and worker.show_trials,
+        show_lines=worker.show_trials,
+    ) as log:
         study.optimize(
             objective,
             n_trials=worker.trials,

@@ -80,12 +80,14 @@ def search_command() -> list[str]:
 def cli(tmp_path: Path):
     """Run `search ...` in a subprocess with the test's temporary folder as working directory."""
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 300, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.run(
             [*search_command(), *args],
             check=False,
-            cwd=tmp_path,
+            cwd=cwd or tmp_path,
             env=env,
             capture_output=True,
             text=True,

@@ -1,0 +1,407 @@
+"""`search bench hpo`: every sampler × pruner × seed as its own study, then a comparison.
+
+Each combination is an ordinary study in one storage, named ``bench-SPACE/SAMPLER+PRUNER/seedN``
+and run by `search.runner.run`, so it trains through the same `Objective` and `train.fit` as
+`search run`, and a rerun of the same command runs only what is missing. ``--jobs N`` runs N
+studies at a time, one process each; a study's own trials stay sequential, so each sampler sees
+exactly the history it would see alone and a seed's result does not depend on ``--jobs``.
+
+Seed N of every combination uses the same study seed, so the same validation split and the same
+per-trial seeds: strategies are compared on common random numbers, and paired across seeds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from search import spaces, tasks
+from search import study as studies
+from search.bench import curves
+from search.errors import SearchError, SettingsError
+from search.tasks import models
+
+TEST_ACCURACY_ATTR = "search.test_accuracy"
+REFERENCE = ("random", "none")
+
+
+@dataclass(frozen=True)
+class HpoSettings:
+    space: str
+    samplers: tuple[str, ...] = ("random", "tpe")
+    pruners: tuple[str, ...] = ("none", "median")
+    seeds: int = 3
+    trials: int = 30
+    epochs: int | None = None
+    jobs: int = 1
+    storage: str | None = None
+    device: str | None = None
+    data_dir: Path = Path("data")
+    heartbeat: int = 10
+
+    @property
+    def prefix(self) -> str:
+        return f"bench-{spaces.resolve(self.space).stem}"
+
+
+@dataclass(frozen=True)
+class Combination:
+    sampler: str
+    pruner: str
+    seed: int
+
+    @property
+    def strategy(self) -> str:
+        return f"{self.sampler}+{self.pruner}"
+
+    def study_name(self, prefix: str) -> str:
+        return f"{prefix}/{self.strategy}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One sampler+pruner over all seeds: its curves and what they say."""
+
+    name: str
+    by_seconds: list[curves.StepCurve]
+    by_trials: list[curves.StepCurve]
+    final: curves.Interval
+    to_target: curves.TargetTimes
+    training_seconds: float  # mean over seeds
+    epochs_saved: float  # share of the epochs a study without pruning would have run
+    test_accuracy: list[float] = field(default_factory=list)  # each seed's best trial
+
+
+@dataclass(frozen=True)
+class Comparison:
+    settings: HpoSettings
+    url: str
+    reference: str
+    strategies: list[Strategy]
+    epochs: int
+    task: str
+    model: str
+
+    def headline(self) -> str:
+        """The fastest strategy to the reference's final accuracy, in one line."""
+        reference = next(s for s in self.strategies if s.name == self.reference)
+        target = reference.to_target.target
+        others = [
+            s
+            for s in self.strategies
+            if s.name != self.reference and np.isfinite(s.to_target.ratio.value)
+        ]
+        seeds = f"{self.settings.seeds} seed{'s' if self.settings.seeds > 1 else ''}"
+        if not others:
+            return (
+                f"no strategy reached {self.reference}'s final accuracy ({target:.4f}) within "
+                f"{self.settings.trials} trials, {seeds}"
+            )
+        best = min(others, key=lambda s: s.to_target.ratio.value)
+        ratio = best.to_target.ratio
+        return (
+            f"{best.name} reached {self.reference}'s final accuracy ({target:.4f}) in "
+            f"{ratio.value:.2f}× its training time (95 % CI {_fmt_ratio(ratio.low)}–"
+            f"{_fmt_ratio(ratio.high)}), {seeds}"
+        )
+
+
+def combinations(settings: HpoSettings) -> list[Combination]:
+    return [
+        Combination(sampler, pruner, seed)
+        for sampler in settings.samplers
+        for pruner in settings.pruners
+        for seed in range(settings.seeds)
+    ]
+
+
+def reference_of(settings: HpoSettings) -> str:
+    """random+none when it is among the strategies, else the first one."""
+    sampler, pruner = REFERENCE
+    if sampler in settings.samplers and pruner in settings.pruners:
+        return f"{sampler}+{pruner}"
+    return f"{settings.samplers[0]}+{settings.pruners[0]}"
+
+
+def check(settings: HpoSettings) -> None:
+    """Every setting, before anything is created."""
+    for flag, names, known in (
+        ("--samplers", settings.samplers, studies.SAMPLERS),
+        ("--pruners", settings.pruners, studies.PRUNERS),
+    ):
+        if not names:
+            raise SettingsError(f"{flag}: name at least one")
+        for name in names:
+            if name not in known:
+                raise SettingsError(f"{flag} {name!r}: unknown; choose from {', '.join(known)}")
+        if len(set(names)) != len(names):
+            raise SettingsError(f"{flag} {','.join(names)}: a name is repeated")
+    for flag, value in (("--seeds", settings.seeds), ("--trials", settings.trials)):
+        if value < 1:
+            raise SettingsError(f"{flag} must be at least 1, got {value}")
+    if settings.jobs < 1:
+        raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
+    if settings.epochs is not None and settings.epochs < 1:
+        raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
+    space = spaces.load(settings.space)
+    tasks.get(space.task).load(settings.data_dir, False, True)  # TaskError naming missing files
+
+
+def run(settings: HpoSettings, echo: Any = print) -> Comparison:
+    """Run every missing combination (``--jobs`` at a time), then compare the strategies."""
+    check(settings)
+    url = settings.storage or studies.default_url(settings.prefix)
+    # Created once here: workers racing to create the tables would fail.
+    storage = studies.open_storage(url, create=True)
+    todo = [c for c in combinations(settings) if not _complete(storage, url, settings, c)]
+    echo(
+        f"bench {settings.prefix}: {len(settings.samplers)} samplers × {len(settings.pruners)} "
+        f"pruners × {settings.seeds} seeds × {settings.trials} trials in {studies.describe(url)}; "
+        + (f"{len(todo)} studies to run, {settings.jobs} at a time" if todo else "all done")
+    )
+    if todo:
+        _run_all(settings, url, todo, echo)
+    return compare(settings, url)
+
+
+def _complete(storage: Any, url: str, settings: HpoSettings, combination: Combination) -> bool:
+    """Whether a combination's study has its trials and its test accuracy already.
+
+    Raises:
+        SearchError: the study exists with another space or other search settings.
+    """
+    from search import runner
+
+    name = combination.study_name(settings.prefix)
+    if name not in studies.study_names(storage):
+        return False
+    study = optuna.load_study(study_name=name, storage=storage)
+    runner.resume_settings(
+        study,
+        _run_settings(settings, url, combination),
+        url,
+        new="benchmark them in another --storage",
+    )
+    return (
+        studies.count_finished(study) >= settings.trials and TEST_ACCURACY_ATTR in study.user_attrs
+    )
+
+
+def _run_all(settings: HpoSettings, url: str, todo: list[Combination], echo: Any) -> None:
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be shared with a forked child
+    pending: Any = context.Queue()
+    for combination in todo:
+        pending.put(combination)
+    done: Any = context.Queue()
+    jobs = min(settings.jobs, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    processes = [
+        context.Process(target=_worker, args=(settings, url, pending, done, threads))
+        for _ in range(jobs)
+    ]
+    for process in processes:
+        process.start()
+    failures: list[str] = []
+    try:
+        for finished in range(1, len(todo) + 1):
+            while True:
+                try:
+                    ok, line = done.get(timeout=1)
+                    break
+                except queue.Empty:
+                    if not any(p.is_alive() for p in processes):
+                        raise SearchError("every bench worker exited; rerun to resume") from None
+            echo(f"[{finished:>{len(str(len(todo)))}}/{len(todo)}] {line}")
+            if not ok:
+                failures.append(line)
+    except BaseException:
+        for process in processes:
+            process.terminate()  # SIGTERM: the running trial is left retryable, as on Ctrl-C
+        raise
+    finally:
+        for process in processes:
+            process.join()
+    if failures:
+        raise SearchError(f"{len(failures)} combination(s) failed, first: {failures[0]}")
+
+
+def _worker(settings: HpoSettings, url: str, pending: Any, done: Any, threads: int) -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        _warm_up(settings)
+        while True:
+            try:
+                combination = pending.get_nowait()
+            except queue.Empty:
+                return
+            name = combination.study_name(settings.prefix)
+            try:
+                done.put((True, f"{name}: {_run_one(settings, url, combination)}"))
+            except SearchError as e:
+                done.put((False, f"{name}: {e}"))
+    except KeyboardInterrupt:
+        pass  # the parent reports the interruption
+
+
+def _warm_up(settings: HpoSettings) -> None:
+    """Train briefly before any timed trial: a process's first training step pays one-time costs
+    (measured on the CPU: about 1.3 s more for its first trial), which would otherwise be charged
+    to whichever strategy's study a process happens to run first."""
+    from search import workers
+    from search.objective import hyperparameters
+    from search.train import fit, pick_device
+
+    space = spaces.load(settings.space)
+    task = tasks.get(space.task)
+    data = workers.load_data(task, space, settings.data_dir, False, 0, pick_device(settings.device))
+    largest = {p.name: max(spaces.extremes(p.distribution)) for p in space.params}
+    hp, depth = hyperparameters({k: largest[k] for k in ("batch_size", "depth") if k in largest})
+    model = models.build(space.model, depth, task.input_shape, task.num_classes)
+    fit(model, data, hp, epochs=1, seed=0)
+
+
+def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
+    """One study to its target, then its best trial's test accuracy, recorded on the study."""
+    from search.runner import run
+
+    study = run(_run_settings(settings, url, combination), echo=lambda line: None).study
+    if TEST_ACCURACY_ATTR not in study.user_attrs:
+        _record_test_accuracy(study, settings)
+    trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
+    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    test = study.user_attrs[TEST_ACCURACY_ATTR]
+    return (
+        f"{len(trials)} trials ({pruned} pruned), best val {test['val_accuracy']:.4f}, "
+        f"test {test['accuracy']:.4f}, {seconds:.1f} s training"
+    )
+
+
+def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> Any:
+    from search.runner import RunSettings
+
+    return RunSettings(
+        trials=settings.trials,
+        study=combination.study_name(settings.prefix),
+        space=settings.space,
+        storage=url,
+        sampler=combination.sampler,
+        pruner=combination.pruner,
+        epochs=settings.epochs,
+        seed=combination.seed,
+        device=settings.device,
+        data_dir=settings.data_dir,
+        heartbeat=settings.heartbeat,
+        quiet=True,
+    )
+
+
+def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
+    from search import retrain, workers
+    from search.train import pick_device
+
+    stored = study.user_attrs[studies.SETTINGS_ATTR]
+    space = spaces.from_data(
+        study.user_attrs[studies.SPACE_ATTR], name=stored["space_name"], source=study.study_name
+    )
+    task = tasks.get(space.task)
+    candidates = [
+        t for t in study.get_trials(deepcopy=False) if studies.trial_result(t) is not None
+    ]
+    if not candidates:
+        return
+    best = max(candidates, key=studies.trial_result)
+    device = pick_device(settings.device)
+    data = workers.load_data(task, space, settings.data_dir, False, stored["seed"], device)
+    again = retrain.retrain(
+        space,
+        task,
+        data,
+        best.params,
+        seed=best.user_attrs["seed"],
+        epochs=best.user_attrs.get("epochs_run", len(best.intermediate_values)),
+    )
+    accuracy = retrain.test_accuracy(again.model, task, data, settings.data_dir, False)
+    study.set_user_attr(
+        TEST_ACCURACY_ATTR,
+        {
+            "trial": best.number,
+            "accuracy": accuracy,
+            "val_accuracy": again.val_accuracy,
+            "trial_val_accuracy": studies.trial_result(best),
+            "epoch": again.best_epoch,
+        },
+    )
+
+
+def compare(settings: HpoSettings, url: str) -> Comparison:
+    """Read every combination's study from ``url`` and compare the strategies over seeds."""
+    storage = studies.open_storage(url, create=False)
+    names = set(studies.study_names(storage))
+    by_strategy: dict[str, list[optuna.Study]] = {}
+    for combination in combinations(settings):
+        name = combination.study_name(settings.prefix)
+        if name not in names:
+            raise SearchError(f"study {name} is missing from {studies.describe(url)}; rerun bench")
+        study = optuna.load_study(study_name=name, storage=storage)
+        by_strategy.setdefault(combination.strategy, []).append(study)
+    first = next(iter(by_strategy.values()))[0].user_attrs[studies.SETTINGS_ATTR]
+    reference = reference_of(settings)
+    seeds_curves = {name: [_curves(s) for s in group] for name, group in by_strategy.items()}
+    resamples = curves.resample_indices(settings.seeds, np.random.default_rng(0))
+    reference_curves = [c[0] for c in seeds_curves[reference]]
+    strategies = []
+    for name, group in by_strategy.items():
+        by_seconds = [c[0] for c in seeds_curves[name]]
+        strategies.append(
+            Strategy(
+                name=name,
+                by_seconds=by_seconds,
+                by_trials=[c[1] for c in seeds_curves[name]],
+                final=curves.final(by_seconds, resamples),
+                to_target=curves.time_to_target(by_seconds, reference_curves, resamples),
+                training_seconds=float(np.mean([c.costs[-1] for c in by_seconds])),
+                epochs_saved=float(np.mean([_epochs_saved(s, first["epochs"]) for s in group])),
+                test_accuracy=[
+                    s.user_attrs[TEST_ACCURACY_ATTR]["accuracy"]
+                    for s in group
+                    if TEST_ACCURACY_ATTR in s.user_attrs
+                ],
+            )
+        )
+    return Comparison(
+        settings, url, reference, strategies, first["epochs"], first["task"], first["model"]
+    )
+
+
+def _curves(study: optuna.Study) -> tuple[curves.StepCurve, curves.StepCurve]:
+    """Best so far against cumulative training seconds and against trial count."""
+    trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
+    results = [studies.trial_result(t) for t in trials]
+    by_seconds = [t.user_attrs.get("seconds", 0.0) for t in trials]
+    return (
+        curves.StepCurve.best_so_far(by_seconds, results),
+        curves.StepCurve.best_so_far([1.0] * len(trials), results),
+    )
+
+
+def _epochs_saved(study: optuna.Study, epochs: int) -> float:
+    trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
+    run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    return 1 - run / (len(trials) * epochs) if trials else 0.0
+
+
+def _fmt_ratio(value: float) -> str:
+    return "never" if not np.isfinite(value) else f"{value:.2f}"

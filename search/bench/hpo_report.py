@@ -1,0 +1,253 @@
+"""The `search bench hpo` page: strategies' IQM best-so-far curves with bootstrap bands, and a table.
+
+Same look as `search report` (one offline file, plotly.js embedded once); never imports torch.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+
+from search import report
+from search import study as studies
+from search.bench import curves
+from search.bench.hpo import Comparison, Strategy
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def render(comparison: Comparison) -> str:
+    settings = comparison.settings
+    intro = (
+        f"{len(settings.samplers)} samplers × {len(settings.pruners)} pruners × {settings.seeds} "
+        f"seeds × {settings.trials} trials of task {comparison.task} (model {comparison.model}, "
+        f"up to {comparison.epochs} epochs), from {html.escape(studies.describe(comparison.url))}. "
+        "Lines are the interquartile mean over seeds of the best validation accuracy found so "
+        "far; bands are 95 % percentile-bootstrap intervals over seeds."
+    )
+    sections = [
+        report.section(
+            "Headline",
+            f"<p class='headline'><strong>{html.escape(comparison.headline())}</strong></p>",
+            [],
+        ),
+        report.section(
+            "Best so far",
+            intro,
+            [
+                _curves_figure(comparison, by="seconds"),
+                _curves_figure(comparison, by="trials"),
+            ],
+        ),
+        report.section(
+            "Time to the reference's accuracy",
+            f"Training seconds each strategy's IQM curve needed to reach {comparison.reference}'s "
+            f"final IQM ({_reference(comparison).to_target.target:.4f}), as a multiple of "
+            f"{comparison.reference}'s own; below 1 is faster. Strategies that never reached it "
+            "are left out.",
+            [_ratio_figure(comparison)],
+        ),
+        report.section(
+            "All strategies",
+            "Final best: IQM over seeds [95 % CI]. Test accuracy: each seed's best trial retrained "
+            "with its own seed and scored once on the test set (the only use of the test set); "
+            "mean and range over seeds. Click a column heading to sort.",
+            [],
+            _table(comparison),
+        ),
+    ]
+    return report.page(settings.prefix, sections)
+
+
+def _reference(comparison: Comparison) -> Strategy:
+    return next(s for s in comparison.strategies if s.name == comparison.reference)
+
+
+def _styles(comparison: Comparison) -> dict[str, tuple[str, str]]:
+    """A colour per sampler and a dash per pruner, so the 2-D grid of strategies reads at once."""
+    palette = plotly.colors.qualitative.D3
+    samplers, pruners = comparison.settings.samplers, comparison.settings.pruners
+    return {
+        f"{s}+{p}": (palette[i % len(palette)], _DASHES[j % len(_DASHES)])
+        for i, s in enumerate(samplers)
+        for j, p in enumerate(pruners)
+    }
+
+
+def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
+    figure = go.Figure()
+    styles = _styles(comparison)
+    for strategy in comparison.strategies:
+        seeds = strategy.by_seconds if by == "seconds" else strategy.by_trials
+        grid = curves.grid_of(seeds)
+        matrix = np.stack([c.at(grid) for c in seeds])
+        resamples = curves.resample_indices(len(seeds), np.random.default_rng(0))
+        middle, low, high = curves.band(matrix, resamples)
+        shown = ~np.isnan(middle)
+        x = grid[shown]
+        colour, dash = styles[strategy.name]
+        upper_x, upper_y = _steps(x, high[shown])
+        lower_x, lower_y = _steps(x, low[shown])
+        figure.add_trace(
+            go.Scatter(
+                x=upper_x + lower_x[::-1],
+                y=upper_y + lower_y[::-1],
+                fill="toself",
+                fillcolor=_transparent(colour),
+                mode="lines",
+                line={"width": 0},
+                hoverinfo="skip",
+                legendgroup=strategy.name,
+                showlegend=False,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=x.tolist(),
+                y=middle[shown].tolist(),
+                name=strategy.name,
+                legendgroup=strategy.name,
+                line={"color": colour, "dash": dash, "shape": "hv"},
+                mode="lines",
+            )
+        )
+    figure.update_layout(
+        title="by cumulative training seconds" if by == "seconds" else "by trial",
+        xaxis_title="training seconds (log)" if by == "seconds" else "trials",
+        yaxis_title="best validation accuracy (IQM)",
+    )
+    if by == "seconds":
+        figure.update_xaxes(type="log")
+    return figure
+
+
+def _ratio_figure(comparison: Comparison) -> go.Figure:
+    reached = [s for s in comparison.strategies if np.isfinite(s.to_target.ratio.value)]
+    reached.sort(key=lambda s: s.to_target.ratio.value)
+    styles = _styles(comparison)
+    # A band's upper end may be "never" (a resample that did not reach): draw it to the axis edge.
+    finite_highs = [s.to_target.ratio.high for s in reached if np.isfinite(s.to_target.ratio.high)]
+    cap = max([1.0, *finite_highs]) * 1.5
+    figure = go.Figure(
+        go.Bar(
+            x=[s.to_target.ratio.value for s in reached],
+            y=[s.name for s in reached],
+            orientation="h",
+            marker_color=[styles[s.name][0] for s in reached],
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [
+                    min(s.to_target.ratio.high, cap) - s.to_target.ratio.value for s in reached
+                ],
+                "arrayminus": [s.to_target.ratio.value - s.to_target.ratio.low for s in reached],
+            },
+        )
+    )
+    figure.add_vline(x=1, line_dash="dash", line_color="#777")
+    figure.update_layout(
+        xaxis_title=f"training time to target ÷ {comparison.reference}'s (log)",
+        yaxis={"autorange": "reversed"},
+    )
+    figure.update_xaxes(type="log")
+    return figure
+
+
+def _table(comparison: Comparison) -> str:
+    head = [
+        "strategy",
+        "final best",
+        "s to target",
+        f"× {comparison.reference} time",
+        "epochs saved by pruning",
+        "training s per seed",
+        "test accuracy of best",
+    ]
+    rows = []
+    for s in comparison.strategies:
+        final, cost, ratio = s.final, s.to_target.cost, s.to_target.ratio
+        tests = s.test_accuracy
+        cells = [
+            (s.name, s.name),
+            (final.value, f"{final.value:.4f} [{final.low:.4f}–{final.high:.4f}]"),
+            (
+                _key(cost.value),
+                f"{_num(cost.value, '.1f')} [{_num(cost.low, '.1f')}–{_num(cost.high, '.1f')}]",
+            ),
+            (
+                _key(ratio.value),
+                f"{_num(ratio.value, '.2f')} [{_num(ratio.low, '.2f')}–{_num(ratio.high, '.2f')}]",
+            ),
+            (s.epochs_saved, f"{100 * s.epochs_saved:.0f} %"),
+            (s.training_seconds, f"{s.training_seconds:.1f}"),
+            (
+                float(np.mean(tests)) if tests else -1,
+                f"{np.mean(tests):.4f} ({min(tests):.4f}–{max(tests):.4f})" if tests else "",
+            ),
+        ]
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td data-sort='{html.escape(json.dumps(key))}'>{html.escape(text)}</td>"
+                for key, text in cells
+            )
+            + "</tr>"
+        )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        f"<table class='trials sortable'><thead><tr>{header}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def table_lines(comparison: Comparison) -> list[str]:
+    """The table as plain text, for the terminal."""
+    rows = [
+        [
+            "strategy",
+            "final best [95% CI]",
+            "s to target",
+            f"× {comparison.reference}",
+            "pruned epochs",
+            "test acc",
+        ]
+    ]
+    for s in comparison.strategies:
+        final, ratio = s.final, s.to_target.ratio
+        rows.append(
+            [
+                s.name,
+                f"{final.value:.4f} [{final.low:.4f}–{final.high:.4f}]",
+                _num(s.to_target.cost.value, ".1f"),
+                f"{_num(ratio.value, '.2f')} [{_num(ratio.low, '.2f')}–{_num(ratio.high, '.2f')}]",
+                f"{100 * s.epochs_saved:.0f} %",
+                f"{np.mean(s.test_accuracy):.4f}" if s.test_accuracy else "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _steps(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Corner points of a step function that holds each y until the next x (a band's outline)."""
+    xs = np.repeat(x, 2)[1:]
+    ys = np.repeat(y, 2)[:-1]
+    return xs.tolist(), ys.tolist()
+
+
+def _num(value: float, spec: str) -> str:
+    return format(value, spec) if np.isfinite(value) else "never"
+
+
+def _key(value: float) -> float | str:
+    # JSON has no infinity; "never" sorts after every number in the page's sort script.
+    return value if np.isfinite(value) else "never"
+
+
+def _transparent(colour: str) -> str:
+    red, green, blue = plotly.colors.hex_to_rgb(colour)
+    return f"rgba({red},{green},{blue},0.15)"
