@@ -96,7 +96,7 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
         ("--samplers", "random,tpee", "--samplers 'tpee': unknown; choose from tpe, random"),
         ("--pruners", "none,none", "--pruners none,none: a name is repeated"),
         ("--seeds", "0", "--seeds must be at least 1, got 0"),
-        ("--trials", "-2", "--trials must be at least 1, got -2"),
+        ("--trials", "0", "--trials must be at least 1, got 0"),
         ("--space", "nowhere.toml", "nowhere.toml"),
     ],
 )

@@ -142,3 +142,40 @@ def test_dashboard_shows_the_study_and_its_trials(browser, study_dir: Path) -> N
         page.close()
     finally:
         dashboard.stop()
+
+
+def test_bench_report_draws_every_strategy_with_its_band(browser, tmp_path: Path) -> None:
+    from test_bench_hpo import tiny_mnist1d
+
+    (tmp_path / "mnist1d-tiny.toml").write_text(toml(tiny_mnist1d()))
+    bench = "bench hpo --space mnist1d-tiny.toml --samplers random,tpe --pruners none,hyperband"
+    result = subprocess.run(
+        [*search_command(), *bench.split(), "--seeds", "2", "--trials", "3", "--jobs", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    page, errors = _page(browser)
+    page.goto((tmp_path / "reports" / "bench-mnist1d-tiny.html").as_uri())
+    page.wait_for_function(
+        "() => { const charts = Array.from(document.querySelectorAll('.chart'));"
+        " return charts.length === 3 && charts.every(c => c.querySelector('.main-svg')); }"
+    )
+    charts = page.evaluate(CHART_STATE)
+    assert errors == []
+    titles = [c["title"] for c in charts]
+    assert titles[:2] == ["by cumulative training seconds", "by trial"], titles
+    for chart in charts[:2]:
+        assert chart["traces"] == 2 * 4, chart  # a band and a line per strategy
+    for chart in charts:
+        assert chart["drawn"] > 0 and chart["width"] > 300, chart
+    rows = page.locator("table.trials tbody tr")
+    assert rows.count() == 4
+    assert "reached random+none's final accuracy" in page.inner_text("p.headline") or (
+        "no strategy reached" in page.inner_text("p.headline")
+    )
+    page.locator("table.trials th", has_text="final best").click()
+    page.screenshot(path=str(tmp_path / "bench.png"), full_page=True)
+    page.close()

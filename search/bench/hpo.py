@@ -333,7 +333,7 @@ def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
         seed=best.user_attrs["seed"],
         epochs=best.user_attrs.get("epochs_run", len(best.intermediate_values)),
     )
-    accuracy = retrain.test_accuracy(again.model, task, data, settings.data_dir, False)
+    accuracy = retrain.test_accuracy(again.model, data, task.load(settings.data_dir, False, False))
     study.set_user_attr(
         TEST_ACCURACY_ATTR,
         {

@@ -27,7 +27,8 @@ def render(comparison: Comparison) -> str:
         f"seeds × {settings.trials} trials of task {comparison.task} (model {comparison.model}, "
         f"up to {comparison.epochs} epochs), from {html.escape(studies.describe(comparison.url))}. "
         "Lines are the interquartile mean over seeds of the best validation accuracy found so "
-        "far; bands are 95 % percentile-bootstrap intervals over seeds."
+        "far; bands are 95 % percentile-bootstrap intervals over seeds. The accuracy axis starts "
+        "where most of the curves are (double-click a chart to see all of it)."
     )
     sections = [
         report.section(
@@ -81,6 +82,7 @@ def _styles(comparison: Comparison) -> dict[str, tuple[str, str]]:
 def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
     figure = go.Figure()
     styles = _styles(comparison)
+    lows: list[float] = []
     for strategy in comparison.strategies:
         seeds = strategy.by_seconds if by == "seconds" else strategy.by_trials
         grid = curves.grid_of(seeds)
@@ -88,6 +90,8 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
         resamples = curves.resample_indices(len(seeds), np.random.default_rng(0))
         middle, low, high = curves.band(matrix, resamples)
         shown = ~np.isnan(middle)
+        if shown.any():
+            lows.append(float(np.percentile(middle[shown], 25)))
         x = grid[shown]
         colour, dash = styles[strategy.name]
         upper_x, upper_y = _steps(x, high[shown])
@@ -122,6 +126,9 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
     )
     if by == "seconds":
         figure.update_xaxes(type="log")
+    if lows:
+        # The first few trials span the whole range; what tells strategies apart is near the top.
+        figure.update_yaxes(range=[max(0.0, min(lows) - 0.01), 1.0])
     return figure
 
 
