@@ -16,6 +16,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study import OBJECTIVES, accuracy, epoch_accuracies, is_multi_objective
+
 # A chart that fails on odd data must not take the whole page with it; these are what Optuna's
 # plotting raises for studies it cannot draw (too few trials, a single value, no params).
 _UNDRAWABLE = (ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError)
@@ -37,33 +39,68 @@ def _optuna(plot: Callable[..., go.Figure], *args: object, **kwargs: object) -> 
     return figure if figure.data else None
 
 
+def _accuracy_target(study: optuna.Study) -> dict[str, object]:
+    """Optuna's plots of one objective; in a multi-objective study, that objective is accuracy."""
+    if is_multi_objective(study):
+        return {"target": accuracy, "target_name": "val accuracy"}
+    return {"target_name": "val accuracy"}
+
+
 def optimization_history(study: optuna.Study) -> go.Figure | None:
     if not complete(study.get_trials(deepcopy=False)):
         return None
-    return _optuna(
-        optuna.visualization.plot_optimization_history, study, target_name="val accuracy"
-    )
+    return _optuna(optuna.visualization.plot_optimization_history, study, **_accuracy_target(study))
 
 
 def parallel_coordinate(study: optuna.Study) -> go.Figure | None:
     trials = complete(study.get_trials(deepcopy=False))
     if len(trials) < 2 or not any(t.params for t in trials):
         return None
-    return _optuna(optuna.visualization.plot_parallel_coordinate, study, target_name="val accuracy")
+    return _optuna(optuna.visualization.plot_parallel_coordinate, study, **_accuracy_target(study))
 
 
 def importance(study: optuna.Study) -> go.Figure | None:
     trials = complete(study.get_trials(deepcopy=False))
-    if len(trials) < 2 or len({t.value for t in trials}) < 2:
+    if len(trials) < 2 or len({accuracy(t) for t in trials}) < 2:
         return None
-    return _optuna(optuna.visualization.plot_param_importances, study, target_name="val accuracy")
+    return _optuna(optuna.visualization.plot_param_importances, study, **_accuracy_target(study))
 
 
 def slices(study: optuna.Study) -> go.Figure | None:
     """One panel per param; Optuna puts a log axis under every log-sampled param."""
     if not complete(study.get_trials(deepcopy=False)):
         return None
-    return _optuna(optuna.visualization.plot_slice, study, target_name="val accuracy")
+    return _optuna(optuna.visualization.plot_slice, study, **_accuracy_target(study))
+
+
+def pareto_front(study: optuna.Study, objectives: Sequence[str]) -> go.Figure | None:
+    """Every complete trial by its objectives; the Pareto-optimal ones (what `search best`
+    lists) in their own colour."""
+    if not is_multi_objective(study) or not complete(study.get_trials(deepcopy=False)):
+        return None
+    names = [
+        f"{'val accuracy' if o == 'accuracy' else o} ({'max' if OBJECTIVES[o] == 'maximize' else 'min'})"
+        for o in objectives
+    ]
+    figure = _optuna(optuna.visualization.plot_pareto_front, study, target_names=names)
+    if figure is None:
+        return None
+    # Optuna shades both groups by trial number; one plain colour each tells them apart at once.
+    dominated, front = (
+        (figure.data[0], figure.data[1]) if len(figure.data) > 1 else (None, figure.data[0])
+    )
+    if dominated is not None:
+        dominated.update(
+            marker={"color": "#bbbbbb", "size": 8, "showscale": False}, name="dominated"
+        )
+        dominated.showlegend = True
+    front.update(
+        marker={"color": COLORS["best"], "size": 12, "showscale": False, "line": {"width": 1}},
+        name="Pareto front",
+        showlegend=True,
+    )
+    figure.update_layout(title="Pareto front")
+    return figure
 
 
 def timeline(study: optuna.Study) -> go.Figure | None:
@@ -87,14 +124,15 @@ def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> 
         text: list[str | None] = []
         ends_x, ends_y = [], []
         for t in trials:
-            if t.state != state or not t.intermediate_values:
+            curve = epoch_accuracies(t)
+            if t.state != state or not curve:
                 continue
-            steps = sorted(t.intermediate_values)
+            steps = sorted(curve)
             xs += [*steps, None]
-            ys += [*(t.intermediate_values[s] for s in steps), None]
+            ys += [*(curve[s] for s in steps), None]
             text += [f"trial {t.number}"] * len(steps) + [None]
             ends_x.append(steps[-1])
-            ends_y.append(t.intermediate_values[steps[-1]])
+            ends_y.append(curve[steps[-1]])
         if not xs:
             continue
         color = COLORS[state.name]
@@ -121,12 +159,13 @@ def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> 
                     hoverinfo="skip",
                 )
             )
-    if best is not None and best.intermediate_values:
-        steps = sorted(best.intermediate_values)
+    best_curve = epoch_accuracies(best) if best is not None else {}
+    if best is not None and best_curve:
+        steps = sorted(best_curve)
         figure.add_trace(
             go.Scatter(
                 x=steps,
-                y=[best.intermediate_values[s] for s in steps],
+                y=[best_curve[s] for s in steps],
                 mode="lines+markers",
                 name=f"best: trial {best.number}",
                 line={"color": COLORS["best"], "width": 4},
@@ -145,7 +184,7 @@ def by_param(trials: Sequence[FrozenTrial], param: str) -> go.Figure | None:
     groups: dict[object, list[float]] = defaultdict(list)
     for t in complete(trials):
         if param in t.params:
-            groups[t.params[param]].append(t.value)
+            groups[t.params[param]].append(accuracy(t))
     if not groups:
         return None
     figure = go.Figure()
@@ -194,7 +233,7 @@ def compare_studies(studies: Sequence[optuna.Study]) -> list[go.Figure]:
         for t in trials:
             spent += t.user_attrs.get("seconds", 0.0)
             if t.state == TrialState.COMPLETE:
-                best = max(best, t.value)
+                best = max(best, accuracy(t))
             if best > -math.inf:
                 numbers.append(t.number)
                 seconds.append(spent)

@@ -36,7 +36,12 @@ def hyperparameters(params: dict[str, Any]) -> tuple[Hyperparameters, int]:
 
 
 class Objective:
-    """Trains one configuration per trial on data already on the device; maximizes val accuracy."""
+    """Trains one configuration per trial on data already on the device.
+
+    It returns the best validation accuracy; with ``objectives`` beyond ``accuracy``, a tuple
+    that adds the trial's training seconds (``train-seconds``) and parameter count (``params``).
+    Optuna takes no per-epoch reports in multi-objective studies, so those trials run unpruned.
+    """
 
     def __init__(
         self,
@@ -47,6 +52,7 @@ class Objective:
         epochs: int,
         seed: int,
         checkpoint_dir: Path | None = None,
+        objectives: tuple[str, ...] = ("accuracy",),
     ) -> None:
         self.space = space
         self.task = task
@@ -54,8 +60,9 @@ class Objective:
         self.epochs = epochs
         self.seed = seed
         self.checkpoint_dir = checkpoint_dir
+        self.objectives = objectives
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.space.suggest(trial)
         hp, depth = hyperparameters(params)
         # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
@@ -72,6 +79,8 @@ class Objective:
         history: list[EpochResult] = []
 
         def report_and_maybe_prune(result: EpochResult) -> None:
+            if len(self.objectives) > 1:
+                return
             trial.report(result.val_accuracy, result.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
@@ -134,7 +143,14 @@ class Objective:
                 save_trial_note(trial, trial_note(outcome, params, history))
                 if checkpoint is not None:
                     checkpoint.delete()  # finished: its retry will never need it
-        return max(result.val_accuracy for result in history)
+        values = {
+            "accuracy": max(result.val_accuracy for result in history),
+            "train-seconds": sum(result.seconds for result in history),
+            "params": float(attrs["param_count"]),
+        }
+        if len(self.objectives) == 1:
+            return values["accuracy"]
+        return tuple(values[name] for name in self.objectives)
 
 
 def _fit_or_oom(
@@ -184,5 +200,6 @@ def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:
         "epoch_seconds": [round(r.seconds, 4) for r in history],
         "images_per_second": [round(r.images_per_second, 1) for r in history],
         "train_loss": [r.train_loss for r in history],
+        "val_accuracy": [r.val_accuracy for r in history],
         "peak_memory_mb": round(peak_mb, 1),
     }

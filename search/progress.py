@@ -21,7 +21,9 @@ def trial_line(trial: FrozenTrial) -> str:
     epochs = trial.user_attrs.get("epochs_run", 0)
     seconds = trial.user_attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
-        outcome = f"val_acc {trial.value:.4f}"
+        outcome = f"val_acc {trial.values[0]:.4f}"
+        if len(trial.values) > 1:
+            outcome += " (" + ", ".join(f"{v:.4g}" for v in trial.values[1:]) + ")"
     elif trial.state == TrialState.PRUNED:
         best = max(trial.intermediate_values.values(), default=float("nan"))
         outcome = f"val_acc {best:.4f} pruned at epoch {epochs}"
@@ -53,10 +55,9 @@ class TrialLog:
         if self.bar.disable:
             return
         self.bar.n = min(self.bar.total, count_finished(study))
-        try:
-            self.bar.set_postfix(best=f"{study.best_value:.4f}", refresh=False)
-        except ValueError:  # no completed trial yet
-            pass
+        accuracies = [t.values[0] for t in study.best_trials]  # the best, or the Pareto front
+        if accuracies:
+            self.bar.set_postfix(best=f"{max(accuracies):.4f}", refresh=False)
         self.bar.refresh()
 
     def __enter__(self) -> Self:

@@ -58,14 +58,15 @@ class Facts:
             trials=trials,
             settings=settings,
             environment=study.user_attrs.get(studies.ENVIRONMENT_ATTR, {}),
-            best=max(completed, key=lambda t: t.value) if completed else None,
+            best=max(completed, key=studies.accuracy) if completed else None,
             training_seconds=sum(t.user_attrs.get("seconds", 0.0) for t in trials),
             pruner_saved_seconds=saved,
         )
 
 
 def default_path(names: list[str]) -> Path:
-    return REPORTS_DIR / f"{'-vs-'.join(names)}.html"
+    # Benchmark studies are named like bench-mnist1d/tpe+median/seed0: one file, not folders.
+    return REPORTS_DIR / f"{'-vs-'.join(name.replace('/', '-') for name in names)}.html"
 
 
 def load(names: list[str], storage: str | None) -> list[tuple[optuna.Study, str]]:
@@ -129,6 +130,17 @@ def _study_sections(facts: Facts, heading: bool) -> str:
     if heading:
         parts.append(f"<h2 class='study'>{html.escape(study.study_name)}</h2>")
     parts.append(section("Summary", _summary(facts), []))
+    objectives = facts.settings.get("objectives", "accuracy").split(",")
+    if len(objectives) > 1:
+        parts.append(
+            section(
+                "Pareto front",
+                "Trials no other trial beats on every objective are highlighted: the front "
+                "`search best` lists, and the trials to choose among. Pruning is off in "
+                "multi-objective studies, so every trial ran all its epochs.",
+                [charts.pareto_front(study, objectives)],
+            )
+        )
     parts.append(
         section(
             "Optimization history",
@@ -221,14 +233,17 @@ def _summary(facts: Facts) -> str:
             "search",
             (
                 f"{settings.get('sampler', '?')} sampler, {settings.get('pruner', '?')} pruner, "
-                f"seed {settings.get('seed', '?')}, up to {settings.get('epochs', '?')} epochs"
+                f"seed {settings.get('seed', '?')}, up to {settings.get('epochs', '?')} epochs, "
+                f"objectives {settings.get('objectives', 'accuracy')}"
             ),
         ),
         ("trials", f"{len(facts.trials)} in all: {state_counts(study)}"),
     ]
     if facts.best is not None:
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in facts.best.params.items())
-        rows.append(("best", f"trial {facts.best.number}: val accuracy {facts.best.value:.4f}"))
+        rows.append(
+            ("best", f"trial {facts.best.number}: val accuracy {studies.accuracy(facts.best):.4f}")
+        )
         rows.append(("best params", params))
     else:
         rows.append(("best", "no complete trial yet"))
@@ -273,7 +288,10 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
         cells = [
             (t.number, str(t.number)),
             (t.state.name, t.state.name),
-            (t.value if t.value is not None else -1, "" if t.value is None else f"{t.value:.4f}"),
+            (
+                t.values[0] if t.values else -1,
+                f"{t.values[0]:.4f}" if t.values else "",
+            ),
             *((t.params.get(p, ""), _fmt(t.params.get(p, ""))) for p in param_names),
             (t.user_attrs.get("epochs_run", 0), str(t.user_attrs.get("epochs_run", ""))),
             (t.user_attrs.get("seconds", 0.0), f"{t.user_attrs.get('seconds', 0.0):.2f}"),

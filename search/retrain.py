@@ -9,7 +9,6 @@ is the only place a task's test split is read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from search.objective import hyperparameters
 from search.spaces import Space
-from search.tasks import Task, models
+from search.tasks import Split, Task, models
 from search.tasks.data import DeviceData
 from search.train import EpochResult, evaluate, fit
 
@@ -31,16 +30,25 @@ class Retrained:
 
 
 def retrain(
-    space: Space, task: Task, data: DeviceData, params: dict[str, Any], *, seed: int, epochs: int
+    space: Space,
+    task: Task,
+    data: DeviceData,
+    params: dict[str, Any],
+    *,
+    seed: int,
+    epochs: int,
+    keep: str = "best",
 ) -> Retrained:
-    """Train ``params`` for ``epochs`` epochs with ``seed``, keeping the best validation epoch."""
+    """Train ``params`` for ``epochs`` epochs with ``seed``, keeping the weights of the best
+    validation epoch (``keep="best"``) or of the last one (``"last"``: when validation data is
+    trained on, its accuracy cannot choose)."""
     hp, depth = hyperparameters(params)
     torch.manual_seed(seed)  # as the objective does before building the model
     model = models.build(space.model, depth, task.input_shape, task.num_classes)
     best: dict[str, Any] = {"accuracy": -1.0}
 
     def keep_best(result: EpochResult) -> None:
-        if result.val_accuracy > best["accuracy"]:
+        if keep == "last" or result.val_accuracy > best["accuracy"]:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best.update(accuracy=result.val_accuracy, epoch=result.epoch, state=state)
 
@@ -49,9 +57,7 @@ def retrain(
     return Retrained(model, history, best["epoch"], best["accuracy"])
 
 
-def test_accuracy(
-    model: nn.Module, task: Task, data: DeviceData, data_dir: Path, download: bool
-) -> float:
+def test_accuracy(model: nn.Module, data: DeviceData, test: Split) -> float:
     """Accuracy on the task's test split, normalized with the training statistics of ``data``."""
-    x, y = data.prepare(task.load(data_dir, download, False))
+    x, y = data.prepare(test)
     return evaluate(model, x, y)

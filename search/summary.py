@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections import Counter
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from search import study as studies
+from search.progress import format_params
 
 
 def state_counts(study: optuna.Study) -> str:
@@ -31,10 +35,15 @@ def state_counts(study: optuna.Study) -> str:
 
 
 def best_value(study: optuna.Study) -> str:
-    try:
-        return f"{study.best_value:.4f} (trial {study.best_trial.number})"
-    except ValueError:
+    """``0.9972 (trial 51)``; for several objectives, the most accurate trial on the front."""
+    front = study.best_trials
+    if not front:
         return "-"
+    best = max(front, key=lambda t: (t.values[0], -t.number))
+    text = f"{best.values[0]:.4f} (trial {best.number})"
+    if studies.is_multi_objective(study):
+        text += f", Pareto front of {len(front)}"
+    return text
 
 
 def list_studies(urls: list[str]) -> list[str]:
@@ -63,22 +72,89 @@ def show(study: optuna.Study, url: str) -> str:
         )
         lines.append(
             f"search  {settings['sampler']} sampler, {settings['pruner']} pruner, "
-            f"seed {settings['seed']}"
+            f"seed {settings['seed']}, objectives {settings.get('objectives', 'accuracy')}"
         )
     if environment:
         lines.append(f"device  {environment.get('device')} ({environment.get('device_name')})")
     lines.append(f"trials  {state_counts(study)}")
-    try:
-        best = study.best_trial
-    except ValueError:
+    front = study.best_trials
+    if not front:
         lines.append("best    no completed trial yet")
         return "\n".join(lines)
+    best = max(front, key=lambda t: (t.values[0], -t.number))
     seconds = best.user_attrs.get("seconds", 0.0)
     throughput = best.user_attrs.get("images_per_second") or [0]
-    lines.append(f"best    trial {best.number}  val_acc {best.value:.4f}")
+    lines.append(f"best    trial {best.number}  val_acc {best.values[0]:.4f}")
+    if len(front) > 1:
+        lines.append(
+            f"        (most accurate of a Pareto front of {len(front)}: search best lists it)"
+        )
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
     lines.append(
         f"        {best.user_attrs.get('epochs_run', '?')} epochs, {seconds:.1f} s, "
         f"{max(throughput):,.0f} images/s, {best.user_attrs.get('param_count', 0):,} parameters"
     )
     return "\n".join(lines)
+
+
+def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` complete trials by accuracy; for several objectives, the Pareto front."""
+    if studies.is_multi_objective(study):
+        return sorted(study.best_trials, key=lambda t: (-t.values[0], t.number))
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    return sorted(trials, key=lambda t: (-t.value, t.number))[:top]
+
+
+def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json: bool) -> str:
+    """`search best`: each trial's results, params, seed and the command that reproduces it."""
+    settings = study.user_attrs.get(studies.SETTINGS_ATTR, {})
+    objectives = settings.get("objectives", "accuracy").split(",")
+    rows = []
+    for trial in best_trials(study, top):
+        command = ["search", "export", study.study_name, "--trial", str(trial.number)]
+        command += ["--out", f"models/{study.study_name}-trial{trial.number}"]
+        if storage:
+            command += ["--storage", studies.describe(storage)]  # a password stays unprinted
+        rows.append(
+            {
+                "trial": trial.number,
+                "accuracy": studies.accuracy(trial),
+                "objectives": dict(zip(objectives, trial.values, strict=True)),
+                "epochs_run": trial.user_attrs.get("epochs_run"),
+                "seconds": trial.user_attrs.get("seconds"),
+                "seed": trial.user_attrs.get("seed"),
+                "params": trial.params,
+                "reproduce": shlex.join(command),
+            }
+        )
+    if as_json:
+        return json.dumps(rows, indent=2)
+    if not rows:
+        return f"study {study.study_name} has no complete trial yet"
+    heading = (
+        f"Pareto front of {study.study_name} ({len(rows)} trials; "
+        + ", ".join(f"{o} {_direction(o)}" for o in objectives)
+        + ")"
+        if len(objectives) > 1
+        else f"best {len(rows)} of {study.study_name} by val accuracy"
+    )
+    lines = [heading]
+    for row in rows:
+        results = "  ".join(f"{o} {_fmt(v)}" for o, v in row["objectives"].items())
+        lines.append(
+            f"#{row['trial']:<4} {results}  {row['epochs_run']} epochs  "
+            f"{(row['seconds'] or 0):.1f} s  seed {row['seed']}"
+        )
+        lines.append(f"      {format_params(row['params'])}")
+        lines.append(f"      reproduce: {row['reproduce']}")
+    return "\n".join(lines)
+
+
+def _direction(objective: str) -> str:
+    return "↑" if objective == "accuracy" else "↓"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)

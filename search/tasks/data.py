@@ -7,6 +7,7 @@ host round trip inside the training step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,6 +65,15 @@ class DeviceData:
             mean=mean,
             std=std,
             augment=augment,
+        )
+
+    def with_validation_in_training(self) -> DeviceData:
+        """The same data with the validation part added to training (to retrain a final model);
+        normalization keeps the training statistics, so the model sees the same scale."""
+        return dataclasses.replace(
+            self,
+            train_x=torch.cat([self.train_x, self.val_x]),
+            train_y=torch.cat([self.train_y, self.val_y]),
         )
 
     def prepare(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
