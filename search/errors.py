@@ -55,3 +55,10 @@ class OutOfMemory(TrialFailure):
 
     def __init__(self, epoch: int, detail: str) -> None:
         super().__init__("oom", epoch, detail)
+
+
+class Surplus(TrialFailure):
+    """Workers on several machines started more trials than the study's target still needed."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__("surplus", 0, f"the study's target of {target} trials was already met")

@@ -6,6 +6,9 @@ TPE's constant liar keeps them from sampling the same point, and SQLite (in WAL 
 timeout) serializes their writes. The trials still to run are split into one quota per worker, so
 `--trials N` stays exactly N finished trials however many workers run; a worker that dies leaves
 its share to the next run (see `search.runner`).
+
+`search worker` shares its study with workers on other machines, so no quota can be known in
+advance: its processes run trials until the study reaches its target (see `search.target`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import optuna
 import torch
 
-from search import spaces, tasks
+from search import spaces, target, tasks
 from search import study as studies
 from search.errors import SearchError, SettingsError, TrialFailure
 from search.objective import Objective
@@ -37,7 +40,7 @@ class Worker:
     url: str
     space: dict[str, Any]
     space_name: str
-    fixed: dict[str, Any]  # sampler, pruner, seed, epochs
+    fixed: dict[str, Any]  # sampler, pruner, seed, epochs, objectives
     trials: int  # this worker's quota
     target: int  # the study's, for the progress bar
     device: str | None
@@ -48,6 +51,10 @@ class Worker:
     index: int = 0
     threads: int | None = None
     show_trials: bool = True
+    checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"
+    until_target: bool = False  # run trials while the study is short of `target` (search worker)
+    salt: int = 0  # tells apart the sampler seeds of workers on different machines
+    reconnect_timeout: float = 300.0  # seconds to keep retrying a storage that stopped answering
 
 
 def devices(device: str | None, gpus: list[int] | None, jobs: int) -> list[str | None]:
@@ -90,13 +97,29 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
     fixed = worker.fixed
     if data is None:
         data = load_data(task, space, worker.data_dir, worker.download, fixed["seed"], device)
-    storage = studies.open_storage(worker.url, create=False, heartbeat=worker.heartbeat)
-    study = optuna.load_study(study_name=worker.study, storage=storage)
-    study.sampler = studies.make_sampler(
-        fixed["sampler"],
-        studies.sampler_seed(fixed["seed"], worker.index, len(study.get_trials(deepcopy=False))),
-        conditional=space.has_conditions,
-    )
+
+    def connect() -> optuna.Study:
+        storage = studies.open_storage(worker.url, create=False, heartbeat=worker.heartbeat)
+        study = optuna.load_study(study_name=worker.study, storage=storage)
+        study.sampler = studies.make_sampler(
+            fixed["sampler"],
+            studies.sampler_seed(
+                fixed["seed"], worker.index, len(study.get_trials(deepcopy=False)), worker.salt
+            ),
+            conditional=space.has_conditions,
+        )
+        return study
+
+    # A worker that joins a shared study rides out a database restart from its first step.
+    if worker.until_target:
+        study = target.retrying(
+            connect,
+            url=worker.url,
+            name=f"worker {worker.index}",
+            reconnect_timeout=worker.reconnect_timeout,
+        )
+    else:
+        study = connect()
     study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
     objective = Objective(
         space,
@@ -104,7 +127,8 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
         data,
         epochs=fixed["epochs"],
         seed=fixed["seed"],
-        checkpoint_dir=studies.STUDIES_DIR / "checkpoints" / worker.study,
+        checkpoint_dir=worker.checkpoint_dir / worker.study,
+        objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
     )
     done = studies.count_finished(study)
     with TrialLog(
@@ -113,6 +137,19 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
         show_bar=show_bar and worker.show_trials,
         show_lines=worker.show_trials,
     ) as log:
+        if worker.until_target:
+            target.run_until_target(
+                study,
+                objective,
+                target=worker.target,
+                url=worker.url,
+                poll=min(worker.heartbeat, 5),
+                timeout=worker.timeout,
+                reconnect_timeout=worker.reconnect_timeout,
+                callbacks=[log],
+                name=f"worker {worker.index}",
+            )
+            return
         study.optimize(
             objective,
             n_trials=worker.trials,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import postgres  # noqa: F401  (a PostgreSQL server fixture for the scale-out tests)
 
 
 def toml(data: dict[str, Any]) -> str:
@@ -81,9 +82,12 @@ def cli(tmp_path: Path):
     """Run `search ...` in a subprocess with the test's temporary folder as working directory."""
 
     def run(
-        *args: str, timeout: float = 300, cwd: Path | None = None
+        *args: str,
+        timeout: float = 300,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         return subprocess.run(
             [*search_command(), *args],
             check=False,

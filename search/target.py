@@ -1,0 +1,153 @@
+"""Run trials on a study that workers elsewhere share, until it has its target of finished trials.
+
+`search worker` joins a study that processes on other machines work on too, so no quota can be
+known in advance: each process runs one trial at a time while the study's finished and running
+trials fall short of the target, and waits (retrying trials whose heartbeat went stale) while the
+rest are running elsewhere. A trial started beyond the target fails at once as ``surplus`` (see
+`WithinTarget`), so the study ends with exactly its target. A storage that stops answering (a
+database server restarting) is retried with back-off; a trial it cut short is retried from its
+checkpoint once its heartbeat is stale.
+
+This module needs no torch: `search bench workers` drives it with an objective that only sleeps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+
+from search import study as studies
+from search.errors import StorageError, Surplus, TrialFailure
+
+T = TypeVar("T")
+
+# What a storage raises while its server is down or restarting.
+UNREACHABLE = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+
+
+class WithinTarget:
+    """Run the objective only if this trial is within the study's target.
+
+    Two workers may both see one trial missing and both start one. Trial ids are unique and
+    ordered, so every worker agrees which came first: a trial whose predecessors (finished, or
+    running with a smaller id) already reach the target fails at once as ``surplus``, a reason
+    that neither counts towards the target nor gets retried.
+    """
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any], target: int) -> None:
+        self.objective = objective
+        self.target = target
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        ahead = 0
+        for other in trial.study.get_trials(deepcopy=False):
+            running_before = (
+                other.state == optuna.trial.TrialState.RUNNING and other._trial_id < trial._trial_id
+            )
+            ahead += studies.is_finished(other) or running_before
+        if ahead >= self.target:
+            trial.set_user_attr("fail_reason", "surplus")
+            raise Surplus(self.target)
+        return self.objective(trial)
+
+
+def run_until_target(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    *,
+    target: int,
+    url: str,
+    poll: float = 5.0,
+    timeout: float | None = None,
+    reconnect_timeout: float = 300.0,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    name: str = "worker",
+) -> None:
+    """Run trials one at a time until ``study`` has ``target`` finished trials (or ``timeout``).
+
+    Raises:
+        StorageError: the storage did not answer for ``reconnect_timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    admitted = WithinTarget(objective, target)
+
+    def step() -> bool:
+        """One trial, or a wait while the rest run elsewhere; True once the target is met."""
+        studies.requeue_unfinished(study)  # trials of dead workers go stale, then run again
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(studies.is_finished(t) for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        if finished >= target:
+            return True
+        if finished + running >= target:
+            time.sleep(poll)  # wait for them to finish, or to go stale and be retried here
+            return False
+        try:
+            study.optimize(admitted, n_trials=1, catch=(TrialFailure,), callbacks=list(callbacks))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # this trial's heartbeat was cut off, it went stale, and a retry took it over
+        return False
+
+    while deadline is None or time.monotonic() < deadline:
+        if retrying(step, url=url, name=name, reconnect_timeout=reconnect_timeout):
+            return
+
+
+def retrying(
+    action: Callable[[], T], *, url: str, name: str = "worker", reconnect_timeout: float = 300.0
+) -> T:
+    """``action()``, called again with back-off (1 s doubling to 30 s) while the storage at ``url``
+    does not answer, for up to ``reconnect_timeout`` seconds.
+
+    Raises:
+        StorageError: the storage stayed unreachable.
+    """
+    backoff, down_since = 1.0, None
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            cause = _unreachable(error)
+            if cause is None:
+                raise
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_timeout:
+                raise StorageError(
+                    f"storage {studies.describe(url)}: unreachable for {reconnect_timeout:.0f} s: "
+                    f"{_first_line(cause)}"
+                ) from None
+            print(
+                f"{name}: storage unreachable ({_first_line(cause)}); retrying in {backoff:.0f} s",
+                file=sys.stderr,
+            )
+            time.sleep(backoff)
+            backoff = min(2 * backoff, 30.0)
+
+
+def _unreachable(error: BaseException | None) -> BaseException | None:
+    """The storage error ``error`` is, or arose while handling; None if there is none.
+
+    Optuna's own bookkeeping can fail with another error once the storage is gone (its trial
+    runner reads a variable that the failed storage call never set), and ours re-raises storage
+    failures as `StorageError`, so the whole chain is searched.
+    """
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, UNREACHABLE):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
