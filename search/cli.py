@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from search import study as studies
-from search.errors import SearchError
+from search.errors import SearchError, SettingsError
 from search.progress import format_params
 from search.summary import best_value, list_studies, show, state_counts
 
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=studies.SAMPLERS, help="default: tpe")
     run.add_argument("--pruner", choices=studies.PRUNERS, help="default: median")
     run.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
+    run.add_argument(
+        "--objectives",
+        help=(
+            "what to optimize, accuracy first: accuracy (default), accuracy,train-seconds or "
+            "accuracy,params (a Pareto search, without pruning)"
+        ),
+    )
     run.add_argument("--seed", type=int, help="study seed; each trial derives its own (default: 0)")
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -106,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="seconds between a running trial's heartbeats; one silent for 3 is retried (default: 10)",
     )
+    _add_checkpoint_dir(run)
+
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="join an existing study (e.g. on PostgreSQL) and run trials until it has --trials",
+    )
+    worker.add_argument("--study", required=True, help="the study to join (search run creates it)")
+    worker.add_argument(
+        "--trials", type=int, required=True, help="the study's target of finished trials, in all"
+    )
+    worker.add_argument("--storage", help="storage URL shared by all workers (or SEARCH_STORAGE)")
+    worker.add_argument(
+        "--jobs", type=int, default=1, help="worker processes on this machine (default: 1)"
+    )
+    worker.add_argument(
+        "--gpus", type=_gpu_list, default=(), help="spread the processes over these CUDA devices"
+    )
+    worker.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    worker.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    worker.add_argument(
+        "--heartbeat", type=int, default=10, help="seconds between trial heartbeats (default: 10)"
+    )
+    worker.add_argument(
+        "--timeout", type=float, help="stop starting trials after this many seconds"
+    )
+    _add_checkpoint_dir(worker)
 
     listing = commands.add_parser(
         "list", parents=[common], help="list studies with trial counts and best value"
@@ -133,12 +169,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_bench(commands, common)
 
+    best = commands.add_parser(
+        "best", parents=[common], help="a study's best trials and how to reproduce each"
+    )
+    best.add_argument("study")
+    best.add_argument("--top", type=int, default=1, help="how many trials (default: 1)")
+    best.add_argument("--json", action="store_true", help="print JSON instead of text")
+    best.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="retrain a trial, score it on the test set, write model, config and metrics",
+    )
+    export.add_argument("study")
+    export.add_argument("--out", type=Path, required=True, help="a new folder for the files")
+    export.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    export.add_argument(
+        "--epochs", type=int, help="epochs to train (default: the trial's, or its best epoch)"
+    )
+    export.add_argument(
+        "--full-train",
+        action="store_true",
+        help="train on training + validation data, keeping the last epoch",
+    )
+    export.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
+    export.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    export.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    export.add_argument(
+        "--download", action="store_true", help="download missing torchvision datasets"
+    )
+
     show = commands.add_parser(
         "show", parents=[common], help="show a study's settings and best trial"
     )
     show.add_argument("study")
     show.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
     return parser
+
+
+def _add_checkpoint_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=studies.STUDIES_DIR / "checkpoints",
+        help=(
+            "where running trials keep per-epoch checkpoints; on several machines, a folder they "
+            "all mount, so a trial of a dead worker resumes anywhere (default: studies/checkpoints)"
+        ),
+    )
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of counts like 1,2,4,8") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -187,9 +275,37 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--heartbeat", type=int, default=10, help="seconds between trial heartbeats (default: 10)"
     )
 
+    scaling = kinds.add_parser(
+        "workers",
+        parents=[common],
+        help="trial throughput of 1..N worker processes on one study (synthetic sleeping trials)",
+    )
+    scaling.add_argument(
+        "--storage", help="a server storage to measure beside SQLite, e.g. postgresql://..."
+    )
+    scaling.add_argument(
+        "--workers",
+        type=_counts,
+        default=(1, 2, 4, 8),
+        help="worker counts, comma-separated (default: 1,2,4,8)",
+    )
+    scaling.add_argument(
+        "--trials", type=int, default=32, help="trials per worker count (default: 32)"
+    )
+    scaling.add_argument(
+        "--trial-seconds",
+        type=float,
+        default=1.0,
+        help="how long each synthetic trial sleeps (default: 1.0)",
+    )
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "storage", "") is None:
+        # Every command that takes --storage takes it from the environment too (set it once
+        # per shell or job script instead of repeating a URL that may hold a password).
+        args.storage = os.environ.get("SEARCH_STORAGE") or None
     _configure_logging(args.debug)
     try:
         return _COMMANDS[args.command](args)
@@ -234,6 +350,8 @@ def _run(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         jobs=args.jobs,
         gpus=args.gpus,
+        objectives=args.objectives,
+        checkpoint_dir=args.checkpoint_dir.expanduser(),
     )
     # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -252,8 +370,44 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{study.study_name}: {state_counts(study)} in {result.seconds:.1f} s")
     print(f"best: {best_value(study)}")
     if study.best_trials:
-        print(f"      {format_params(study.best_trial.params)}")
+        best = max(study.best_trials, key=lambda t: (t.values[0], -t.number))
+        print(f"      {format_params(best.params)}")
     print(f"database: {studies.describe(result.storage_url)}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from search.runner import RunSettings, join
+
+    settings = RunSettings(
+        trials=args.trials,
+        study=args.study,
+        storage=args.storage,
+        device=args.device,
+        data_dir=args.data_dir.expanduser(),
+        heartbeat=args.heartbeat,
+        jobs=args.jobs,
+        gpus=args.gpus,
+        timeout=args.timeout,
+        checkpoint_dir=args.checkpoint_dir.expanduser(),
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = join(settings)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        print(
+            "\ninterrupted; the trial this worker ran is retried by another worker (or the next "
+            "one started) from its last epoch",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    study = result.study
+    print(
+        f"{study.study_name}: {state_counts(study)}; {result.finished_before} → "
+        f"{result.finished} finished while this worker ran ({result.seconds:.1f} s)"
+    )
+    print(f"best: {best_value(study)}")
     return 0
 
 
@@ -289,7 +443,67 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_workers(args: argparse.Namespace) -> int:
+    from search.bench import workers
+
+    results = workers.run(
+        workers.WorkersSettings(
+            storage=args.storage,
+            workers=args.workers,
+            trials=args.trials,
+            trial_seconds=args.trial_seconds,
+        )
+    )
+    print("\n".join(workers.table(results)))
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from search.summary import best_listing
+
+    if args.top < 1:
+        raise SettingsError(f"--top must be at least 1, got {args.top}")
+    url = args.storage or studies.default_url(args.study)
+    study = studies.load_existing(args.study, url)
+    print(best_listing(study, args.top, storage=args.storage, as_json=args.json))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from search.export import ExportSettings, export
+
+    exported = export(
+        ExportSettings(
+            study=args.study,
+            out=args.out.expanduser(),
+            storage=args.storage,
+            trial=args.trial,
+            epochs=args.epochs,
+            full_train=args.full_train,
+            device=args.device,
+            data_dir=args.data_dir.expanduser(),
+            download=args.download,
+        )
+    )
+    metrics = exported.metrics
+    if metrics["val_accuracy"] is not None:
+        print(
+            f"val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']} "
+            f"(the trial had {metrics['trial_val_accuracy']:.4f})"
+        )
+    print(f"test accuracy {metrics['test_accuracy']:.4f}")
+    for name, check in metrics["files"].items():
+        if isinstance(check, dict):
+            print(f"  {name}: reloaded, logits within {check['max_abs_logit_difference']:.1e}")
+        else:
+            print(f"  {name}: {check}")
+    print(f"wrote {exported.out}/ (model.pt, config.toml, metrics.json and the files above)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "workers":
+        return _bench_workers(args)
     from search import report
     from search.bench import hpo, hpo_report
 
@@ -329,6 +543,9 @@ _COMMANDS = {
     "report": _report,
     "dashboard": _dashboard,
     "bench": _bench,
+    "worker": _worker,
+    "best": _best,
+    "export": _export,
 }
 
 

@@ -7,6 +7,7 @@ before a study is created or changed, so bad input never leaves a half-made stud
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from search.tasks.data import DeviceData
 from search.train import pick_device
 
 # Search settings fixed when a study is created; a resume that names a different one is refused.
-FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs")
+FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives")
+DEFAULTS = {"objectives": "accuracy"}  # for studies created before the setting existed
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class RunSettings:
     heartbeat: int = 10
     jobs: int = 1
     gpus: tuple[int, ...] = ()
+    objectives: str | None = None  # comma-separated names from `search.study.OBJECTIVES`
+    checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"  # shared by all workers of a study
     quiet: bool = False  # no line per trial, no progress bar (benchmarks print their own)
 
 
@@ -58,22 +62,130 @@ class RunResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    study: optuna.Study
+    url: str
+    space: Space
+    fixed: dict[str, Any]
+    data: DeviceData
+    worker_devices: list[str | None]
+    device: Any
+
+
 def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
-    """Run ``settings.trials`` finished trials in total on the study, resuming it if it exists."""
+    """Run ``settings.trials`` finished trials in total on the study, resuming it if it exists.
+
+    ``--trials 0`` creates the study and runs nothing (for `search worker` to join).
+    """
+    ready = _prepare(settings, echo, may_create=True)
+    study, name = ready.study, ready.study.study_name
+    studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
+    finished_before = studies.count_finished(study)
+    start = time.perf_counter()
+    if settings.trials == 0:
+        echo(f"study {name} is ready: search worker --study {name} --trials N joins it")
+    elif finished_before >= settings.trials:
+        echo(
+            f"study {name} already has {finished_before} finished trials "
+            f"(target {settings.trials}); nothing to run"
+        )
+    else:
+        verb = "resuming" if finished_before else "running"
+        where = f"{settings.jobs} workers" if settings.jobs > 1 else str(ready.device)
+        echo(
+            f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, "
+            f"running {settings.trials - finished_before} more on {where}"
+        )
+        spec = _worker_spec(ready, settings)
+        _run_until_target(study, spec, ready.worker_devices, ready.data, settings)
+    return RunResult(
+        study,
+        ready.url,
+        finished_before,
+        studies.count_finished(study),
+        time.perf_counter() - start,
+    )
+
+
+def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
+    """`search worker`: run trials on an existing study until it has ``settings.trials`` finished,
+    alongside any number of workers elsewhere on the same storage."""
+    if settings.trials < 1:
+        raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
+    ready = _prepare(settings, echo, may_create=False)
+    study, name = ready.study, ready.study.study_name
+    finished_before = studies.count_finished(study)
+    start = time.perf_counter()
+    echo(
+        f"joining study {name} in {studies.describe(ready.url)}: {finished_before} of "
+        f"{settings.trials} trials finished; {settings.jobs} worker(s) on "
+        + ", ".join(sorted({str(d or ready.device) for d in ready.worker_devices}))
+    )
+    salt = int.from_bytes(os.urandom(4), "little") or 1  # this machine's samplers, not another's
+    spec = dataclasses.replace(_worker_spec(ready, settings), until_target=True, salt=salt)
+    workers.run_all(
+        [
+            dataclasses.replace(spec, index=i, device=device)
+            for i, device in enumerate(ready.worker_devices)
+        ],
+        first_data=ready.data,
+    )
+    return RunResult(
+        study,
+        ready.url,
+        finished_before,
+        studies.count_finished(study),
+        time.perf_counter() - start,
+    )
+
+
+def _worker_spec(ready: _Prepared, settings: RunSettings) -> workers.Worker:
+    return workers.Worker(
+        study=ready.study.study_name,
+        url=ready.url,
+        space=ready.space.data,
+        space_name=ready.space.name,
+        fixed=ready.fixed,
+        trials=0,
+        target=settings.trials,
+        device=None,
+        data_dir=settings.data_dir,
+        download=False,  # fetched while preparing, if asked
+        heartbeat=settings.heartbeat,
+        timeout=settings.timeout,
+        threads=workers.threads_per_worker(settings.jobs, ready.device),
+        show_trials=not settings.quiet,
+        checkpoint_dir=settings.checkpoint_dir,
+    )
+
+
+def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: bool) -> _Prepared:
+    """Check everything, then load the study or (``may_create``) create it."""
     _check_ranges(settings)
     name = study_name(settings)
     url = settings.storage or studies.default_url(name)
     storage, existing = _load_existing(url, name, settings.heartbeat)
+    if existing is None and not may_create:
+        raise StorageError(
+            f"no study {name} in {studies.describe(url)}; create it first with "
+            f"search run --study {name} --space SPACE --storage URL --trials 0"
+        )
     if existing is not None:
         space, fixed = resume_settings(existing, settings, url)
     else:
         space = spaces.load(settings.space)
+        objectives = settings.objectives or "accuracy"
+        multi = "," in objectives
         fixed = {
             "sampler": settings.sampler or "tpe",
-            "pruner": settings.pruner or "median",
+            "pruner": "none" if multi else settings.pruner or "median",
             "seed": 0 if settings.seed is None else settings.seed,
             "epochs": settings.epochs or space.epochs,
+            "objectives": objectives,
         }
+        if multi:
+            echo(f"objectives {objectives}: pruning is off (Optuna's pruners need one objective)")
 
     task = tasks.get(space.task)
     worker_devices = workers.devices(settings.device, list(settings.gpus), settings.jobs)
@@ -92,7 +204,11 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
             # Created, then killed before its settings were stored: empty, so nothing is lost.
             optuna.delete_study(study_name=name, storage=storage)
         # Each worker brings its own sampler and pruner (see search.workers).
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=[studies.OBJECTIVES[o] for o in fixed["objectives"].split(",")],
+        )
         study.set_user_attr(studies.SPACE_ATTR, space.data)
         study.set_user_attr(
             studies.SETTINGS_ATTR,
@@ -111,42 +227,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         )
     else:
         study = existing
-
-    studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
-    finished_before = studies.count_finished(study)
-    start = time.perf_counter()
-    if finished_before >= settings.trials:
-        echo(
-            f"study {name} already has {finished_before} finished trials "
-            f"(target {settings.trials}); nothing to run"
-        )
-    else:
-        verb = "resuming" if finished_before else "running"
-        where = f"{settings.jobs} workers" if settings.jobs > 1 else str(device)
-        echo(
-            f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, "
-            f"running {settings.trials - finished_before} more on {where}"
-        )
-        spec = workers.Worker(
-            study=name,
-            url=url,
-            space=space.data,
-            space_name=space.name,
-            fixed=fixed,
-            trials=0,
-            target=settings.trials,
-            device=None,
-            data_dir=settings.data_dir,
-            download=False,  # fetched above if asked
-            heartbeat=settings.heartbeat,
-            timeout=settings.timeout,
-            threads=workers.threads_per_worker(settings.jobs, device),
-            show_trials=not settings.quiet,
-        )
-        _run_until_target(study, spec, worker_devices, data, settings)
-    return RunResult(
-        study, url, finished_before, studies.count_finished(study), time.perf_counter() - start
-    )
+    return _Prepared(study, url, space, fixed, data, worker_devices, device)
 
 
 def _run_until_target(
@@ -190,8 +271,8 @@ def study_name(settings: RunSettings) -> str:
 
 
 def _check_ranges(settings: RunSettings) -> None:
-    if settings.trials < 1:
-        raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.trials < 0:
+        raise SettingsError(f"--trials must be 0 (create only) or more, got {settings.trials}")
     if settings.epochs is not None and settings.epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
     if settings.seed is not None and not 0 <= settings.seed < 2**32:
@@ -209,6 +290,33 @@ def _check_ranges(settings: RunSettings) -> None:
     if settings.pruner is not None and settings.pruner not in studies.PRUNERS:
         raise SettingsError(
             f"--pruner {settings.pruner!r}: unknown; choose one of {', '.join(studies.PRUNERS)}"
+        )
+    if settings.objectives is not None:
+        _check_objectives(settings)
+
+
+def _check_objectives(settings: RunSettings) -> None:
+    names = settings.objectives.split(",")
+    for name in names:
+        if name not in studies.OBJECTIVES:
+            raise SettingsError(
+                f"--objectives {settings.objectives}: unknown objective {name!r}; "
+                f"choose from {', '.join(studies.OBJECTIVES)}"
+            )
+    if names[0] != "accuracy" or len(set(names)) != len(names):
+        raise SettingsError(
+            f"--objectives {settings.objectives}: start with accuracy and name each once, "
+            "e.g. accuracy,train-seconds"
+        )
+    if len(names) > 1 and settings.pruner not in (None, "none"):
+        raise SettingsError(
+            f"--pruner {settings.pruner}: Optuna's pruners need one objective, and "
+            f"--objectives {settings.objectives} has {len(names)}; leave --pruner out"
+        )
+    if len(names) > 1 and settings.sampler == "cmaes":
+        raise SettingsError(
+            f"--sampler cmaes: CMA-ES optimizes one objective; with --objectives "
+            f"{settings.objectives} use tpe, nsga2, gp, random or qmc"
         )
 
 
@@ -253,14 +361,15 @@ def resume_settings(
                 f"{given.source}: {changed}: differs from the space study {study.study_name} was created "
                 f"with ({stored['space_source']}); {new}"
             )
+    fixed = {key: stored.get(key, DEFAULTS.get(key)) for key in FIXED_SETTINGS}
     for key in FIXED_SETTINGS:
         value = getattr(settings, key)
-        if value is not None and value != stored[key]:
+        if value is not None and value != fixed[key]:
             raise SettingsError(
-                f"--{key} {value}: study {study.study_name} was created with --{key} {stored[key]}; "
+                f"--{key} {value}: study {study.study_name} was created with --{key} {fixed[key]}; "
                 f"a study's search settings are fixed, {new}"
             )
-    return space, {key: stored[key] for key in FIXED_SETTINGS}
+    return space, fixed
 
 
 def _check_batch_sizes(space: Space, n_train: int) -> None:

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     import torch
 
 STUDIES_DIR = Path("studies")
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
+# What a study can optimize: validation accuracy first, then optionally what it costs.
+OBJECTIVES = {"accuracy": "maximize", "train-seconds": "minimize", "params": "minimize"}
 PRUNERS = ("median", "hyperband", "sha", "none")
 # A FAIL with one of these reasons says something about its configuration, so it counts as a
 # finished trial; any other FAIL (a crash, an interrupt) is work still to do.
@@ -60,12 +62,30 @@ def default_url(name: str) -> str:
     return f"sqlite:///{STUDIES_DIR / check_name(name)}.db"
 
 
+# The drivers the `postgres` and `mysql` extras install; SQLAlchemy's defaults for a bare
+# postgresql:// or mysql:// URL (psycopg2, mysqlclient) need a compiler and client headers.
+_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql"}
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
 def describe(url: str) -> str:
-    """A URL fit to print: the password hidden."""
+    """A URL fit to print: the password hidden, even in a URL that does not parse."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
-        return url
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+def _engine_url(parsed: sqlalchemy.engine.URL) -> str:
+    if parsed.drivername in _DRIVERS:
+        parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+    return parsed.render_as_string(hide_password=False)
+
+
+def backend_name(url: str) -> str:
+    """``sqlite``, ``postgresql``, ``mysql`` ..."""
+    return _parse(url).get_backend_name()
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -102,6 +122,9 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif parsed.get_backend_name() == "sqlite" and not create:
         raise StorageError(f"storage {url}: an in-memory database holds no studies")
+    else:
+        # A server restart drops pooled connections: test each before use, and replace it.
+        engine_kwargs.update(pool_pre_ping=True, pool_recycle=300)
     heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat is not None:
         heartbeat_kwargs = {
@@ -113,7 +136,7 @@ def open_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
             storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, **heartbeat_kwargs
+                _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
             )
         if path is not None and create:
             # Readers (a dashboard, `search list`) then never block the workers writing trials.
@@ -121,7 +144,9 @@ def open_storage(
                 connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         return storage
     except ImportError as e:
-        raise StorageError(f"storage {describe(url)}: driver not installed ({e})") from None
+        extra = _EXTRAS.get(parsed.get_backend_name())
+        hint = f"; pip install 'search[{extra}]'" if extra else ""
+        raise StorageError(f"storage {describe(url)}: driver not installed ({e}){hint}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError) as e:
         if path is not None and not os.access(path.parent, os.W_OK):
             raise StorageError(
@@ -137,7 +162,7 @@ def _parse(url: str) -> sqlalchemy.engine.URL:
         return sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(
-            f"--storage {url!r}: not a storage URL (e.g. sqlite:///studies/NAME.db, "
+            f"--storage {describe(url)!r}: not a storage URL (e.g. sqlite:///studies/NAME.db, "
             "postgresql://user@host/db)"
         ) from None
 
@@ -163,6 +188,8 @@ def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.s
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "qmc":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -197,9 +224,26 @@ def is_finished(trial: FrozenTrial) -> bool:
     )
 
 
+def epoch_accuracies(trial: FrozenTrial) -> dict[int, float]:
+    """Validation accuracy after each epoch: the values the trial reported, or (in multi-objective
+    studies, where Optuna takes no reports) the same values from its user attrs."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    return {i + 1: v for i, v in enumerate(trial.user_attrs.get("val_accuracy") or [])}
+
+
 def trial_result(trial: FrozenTrial) -> float | None:
     """A trial's best validation accuracy, pruned trials included (None if it reported none)."""
-    return max(trial.intermediate_values.values(), default=None)
+    return max(epoch_accuracies(trial).values(), default=None)
+
+
+def accuracy(trial: FrozenTrial) -> float:
+    """A complete trial's validation accuracy, its first (or only) objective."""
+    return trial.values[0]
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -271,12 +315,12 @@ def trial_seed(study_seed: int, number: int) -> int:
     return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0] >> 1)
 
 
-def sampler_seed(study_seed: int, worker: int, trials_so_far: int) -> int:
+def sampler_seed(study_seed: int, worker: int, trials_so_far: int, salt: int = 0) -> int:
     """A sampler's seed: distinct per worker and per resume, or a resumed run (or a second
-    worker) would draw the same start-up configurations again."""
-    return int(
-        np.random.SeedSequence([study_seed, worker, trials_so_far, 1]).generate_state(1)[0] >> 1
-    )
+    worker) would draw the same start-up configurations again. ``salt`` tells apart workers of
+    the same number on different machines."""
+    entropy = [study_seed, worker, trials_so_far, 1] + ([salt] if salt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
 def environment(device: torch.device) -> dict[str, Any]:

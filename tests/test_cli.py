@@ -139,7 +139,7 @@ def _no_study_files(tmp_path: Path) -> bool:
 
 
 BAD_RUNS = [
-    (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--trials", "-1"], "--trials must be 0 (create only) or more, got -1"),
     (["--trials", "x"], "argument --trials: invalid int value: 'x'"),
     (["--trials", "5", "--sampler", "bayes"], "argument --sampler: invalid choice: 'bayes'"),
     (["--trials", "5", "--pruner", "asha"], "argument --pruner: invalid choice: 'asha'"),
@@ -203,9 +203,9 @@ def test_show_and_list_of_missing_studies(cli, tmp_path) -> None:
 
 
 def test_debug_shows_the_traceback(cli) -> None:
-    result = cli("run", "--trials", "0", "--debug")
+    result = cli("run", "--trials", "-1", "--debug")
     assert result.returncode == 2
-    assert "Traceback" in result.stderr and "--trials must be at least 1" in result.stderr
+    assert "Traceback" in result.stderr and "--trials must be 0 (create only)" in result.stderr
 
 
 def test_sqlite_file_is_a_real_optuna_database(cli, tmp_path, write_space) -> None:
