@@ -155,6 +155,8 @@ def _direction(objective: str) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 10:
+        return f"{value:,.0f}"  # a parameter count
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value)
