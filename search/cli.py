@@ -369,8 +369,8 @@ def _run(args: argparse.Namespace) -> int:
     study = result.study
     print(f"{study.study_name}: {state_counts(study)} in {result.seconds:.1f} s")
     print(f"best: {best_value(study)}")
-    if study.best_trials:
-        best = max(study.best_trials, key=lambda t: (t.values[0], -t.number))
+    best = studies.most_accurate(study)
+    if best is not None:
         print(f"      {format_params(best.params)}")
     print(f"database: {studies.describe(result.storage_url)}")
     return 0

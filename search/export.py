@@ -91,10 +91,10 @@ def chosen_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         ):
             raise SettingsError(f"--trial {number}: it is {trial.state.name}, with no result")
         return trial
-    front = study.best_trials
-    if not front:
+    best = studies.most_accurate(study)
+    if best is None:
         raise StorageError(f"study {study.study_name} has no complete trial yet")
-    return max(front, key=lambda t: (t.values[0], -t.number))
+    return best
 
 
 def export(settings: ExportSettings, echo: Any = print) -> Exported:

@@ -246,6 +246,13 @@ def is_multi_objective(study: optuna.Study) -> bool:
     return len(study.directions) > 1
 
 
+def most_accurate(study: optuna.Study) -> FrozenTrial | None:
+    """The best trial; for several objectives, the most accurate on the Pareto front (the
+    earliest among equals). None before any trial completes."""
+    front = study.best_trials
+    return max(front, key=lambda t: (t.values[0], -t.number)) if front else None
+
+
 def count_finished(study: optuna.Study) -> int:
     return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
 

@@ -36,13 +36,12 @@ def state_counts(study: optuna.Study) -> str:
 
 def best_value(study: optuna.Study) -> str:
     """``0.9972 (trial 51)``; for several objectives, the most accurate trial on the front."""
-    front = study.best_trials
-    if not front:
+    best = studies.most_accurate(study)
+    if best is None:
         return "-"
-    best = max(front, key=lambda t: (t.values[0], -t.number))
     text = f"{best.values[0]:.4f} (trial {best.number})"
     if studies.is_multi_objective(study):
-        text += f", Pareto front of {len(front)}"
+        text += f", Pareto front of {len(study.best_trials)}"
     return text
 
 
@@ -77,11 +76,11 @@ def show(study: optuna.Study, url: str) -> str:
     if environment:
         lines.append(f"device  {environment.get('device')} ({environment.get('device_name')})")
     lines.append(f"trials  {state_counts(study)}")
-    front = study.best_trials
-    if not front:
+    best = studies.most_accurate(study)
+    if best is None:
         lines.append("best    no completed trial yet")
         return "\n".join(lines)
-    best = max(front, key=lambda t: (t.values[0], -t.number))
+    front = study.best_trials
     seconds = best.user_attrs.get("seconds", 0.0)
     throughput = best.user_attrs.get("images_per_second") or [0]
     lines.append(f"best    trial {best.number}  val_acc {best.values[0]:.4f}")
