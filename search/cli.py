@@ -275,6 +275,28 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--heartbeat", type=int, default=10, help="seconds between trial heartbeats (default: 10)"
     )
 
+    loop = kinds.add_parser(
+        "loop",
+        parents=[common],
+        help="the harness's training loop against a tutorial-style PyTorch loop, side by side",
+    )
+    loop.add_argument("--task", default="mnist", help="an image task (default: mnist)")
+    loop.add_argument("--model", default="cnn", help="model family (default: cnn)")
+    loop.add_argument("--depth", type=int, default=2, help="model depth (default: 2)")
+    loop.add_argument(
+        "--batch-sizes", type=_counts, default=(64, 256, 1024), help="default: 64,256,1024"
+    )
+    loop.add_argument(
+        "--workers", type=_counts, default=(), help="also run N harness processes at once, e.g. 4,8"
+    )
+    loop.add_argument("--epochs", type=int, default=1, help="timed epochs per loop (default: 1)")
+    loop.add_argument("--examples", type=int, help="train on the first N images (default: all)")
+    loop.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    loop.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    loop.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
     scaling = kinds.add_parser(
         "workers",
         parents=[common],
@@ -443,6 +465,27 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_loop(args: argparse.Namespace) -> int:
+    from search.bench import loop
+
+    settings = loop.LoopSettings(
+        task=args.task,
+        model=args.model,
+        depth=args.depth,
+        batch_sizes=args.batch_sizes,
+        workers=args.workers,
+        epochs=args.epochs,
+        examples=args.examples,
+        device=args.device,
+        data_dir=args.data_dir.expanduser(),
+    )
+    device, rows = loop.run(settings)
+    if args.json:
+        loop.write_json(args.json, device, settings, rows)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench_workers(args: argparse.Namespace) -> int:
     from search.bench import workers
 
@@ -504,6 +547,8 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.bench == "workers":
         return _bench_workers(args)
+    if args.bench == "loop":
+        return _bench_loop(args)
     from search import report
     from search.bench import hpo, hpo_report
 

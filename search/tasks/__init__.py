@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.tasks import cifar10, digits, mnist, mnist1d  # noqa: F401  (each registers itself)
+from search.tasks import cifar10, digits, mnist, mnist1d, synthetic  # noqa: F401  (each registers itself)
 from search.tasks.registry import Split, Task, get, names, register_task
 
 __all__ = ["Split", "Task", "get", "names", "register_task"]

@@ -1,0 +1,262 @@
+"""`search bench loop`: the harness's training loop against a plain PyTorch loop, side by side.
+
+The reference loop is written the way the PyTorch tutorials write it: a dataset that hands out one
+PIL image at a time through torchvision's ``ToTensor`` and ``Normalize`` (and ``RandomCrop`` and
+``RandomHorizontalFlip`` where the task augments), a ``DataLoader`` with two worker processes, and
+``loss.item()`` after every step. The harness is `search.train.fit` on device-resident data. Both
+train the same model family and depth with the same optimizer for the same number of full batches,
+in one process and one run, after a few untimed warm-up steps each. Then ``--workers N`` runs N
+harness processes at once and adds up their images/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from search import tasks
+from search.errors import SettingsError
+from search.tasks import models
+from search.tasks.data import DeviceData
+from search.train import Hyperparameters, fit, make_optimizer, pick_device
+
+WARMUP_STEPS = 5
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    task: str = "mnist"
+    model: str = "cnn"
+    depth: int = 2
+    batch_sizes: tuple[int, ...] = (64, 256, 1024)
+    workers: tuple[int, ...] = ()
+    epochs: int = 1
+    examples: int | None = None  # the first N training examples (all by default)
+    device: str | None = None
+    data_dir: Path = Path("data")
+
+
+@dataclass(frozen=True)
+class Row:
+    loop: str  # "reference", "harness", "harness ×N"
+    batch_size: int
+    seconds_per_epoch: float
+    images_per_second: float
+    ratio: float  # images/s over the reference's at this batch size
+
+
+def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
+    """Measure every batch size; return the device's name and the rows of the table."""
+    task = tasks.get(settings.task)
+    if settings.model not in task.models:
+        raise SettingsError(
+            f"--model {settings.model}: task {task.name} has {', '.join(task.models)}"
+        )
+    if settings.epochs < 1 or min(settings.batch_sizes, default=0) < 1:
+        raise SettingsError("--epochs and every --batch-sizes value must be at least 1")
+    models.build(settings.model, settings.depth, task.input_shape, task.num_classes)  # depth valid
+    split = _split(task, settings)
+    if split.images.dtype != torch.uint8:
+        raise SettingsError(
+            f"--task {task.name}: the reference loop reads 8-bit images through PIL; use mnist, "
+            "fashion-mnist, cifar10 or a synthetic-* task"
+        )
+    device = pick_device(settings.device)
+    data = DeviceData.from_split(
+        split, val_fraction=0.01, seed=0, device=device, augment=task.augment
+    )
+    if max(settings.batch_sizes) > data.n_train:
+        raise SettingsError(
+            f"--batch-sizes {max(settings.batch_sizes)} exceeds the {data.n_train} training examples"
+        )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    echo(
+        f"bench loop: task {task.name} ({task.description}), model {settings.model} depth "
+        f"{settings.depth}, {data.n_train} training images, {settings.epochs} epoch(s), on {name}"
+    )
+    rows: list[Row] = []
+    for batch_size in settings.batch_sizes:
+        hp = Hyperparameters(batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9)
+        reference = _reference(task, settings, split, data, hp, device)
+        rows.append(Row("reference", batch_size, *reference, 1.0))
+        harness = _harness(task, settings, data, hp)
+        rows.append(Row("harness", batch_size, *harness, harness[1] / reference[1]))
+        for n in settings.workers:
+            total = _packed(settings, n, batch_size)
+            rows.append(Row(f"harness ×{n}", batch_size, float("nan"), total, total / reference[1]))
+        for row in rows[-2 - len(settings.workers) :]:
+            echo(f"  {format_row(row)}")
+    return name, rows
+
+
+def _split(task: tasks.Task, settings: LoopSettings) -> tasks.Split:
+    split = task.load(settings.data_dir, False, True)
+    if settings.examples is None:
+        return split
+    return tasks.Split(split.images[: settings.examples], split.labels[: settings.examples])
+
+
+def _build(task: tasks.Task, settings: LoopSettings) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build(settings.model, settings.depth, task.input_shape, task.num_classes)
+
+
+def _harness(
+    task: tasks.Task, settings: LoopSettings, data: DeviceData, hp: Hyperparameters
+) -> tuple[float, float]:
+    n = hp.batch_size * WARMUP_STEPS + 2
+    warm = DeviceData.from_split(
+        tasks.Split(data.train_x[:n].cpu(), data.train_y[:n].cpu()),
+        val_fraction=0.01,
+        seed=0,
+        device=data.device,
+    )
+    fit(_build(task, settings), warm, hp, epochs=1, seed=0)
+    history = fit(_build(task, settings), data, hp, epochs=settings.epochs, seed=0)
+    images_per_second = sum(r.images_per_second for r in history) / len(history)
+    steps = data.n_train // hp.batch_size
+    return steps * hp.batch_size / images_per_second, images_per_second
+
+
+def _reference(
+    task: tasks.Task,
+    settings: LoopSettings,
+    split: tasks.Split,
+    data: DeviceData,
+    hp: Hyperparameters,
+    device: torch.device,
+) -> tuple[float, float]:
+    from torch.utils.data import DataLoader
+
+    dataset = _TutorialDataset(split, data.n_train, data.mean, data.std, task.augment)
+    model = _build(task, settings).to(device)
+    optimizer = make_optimizer(hp, model.parameters())
+    loader = DataLoader(
+        dataset,
+        batch_size=hp.batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+    model.train()
+    seconds = 0.0
+    steps = 0
+    for epoch in range(settings.epochs + 1):  # epoch 0: warm-up steps only, untimed
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            if epoch == 0 and step == WARMUP_STEPS:
+                break
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # as tutorials do: the running loss, read every step
+            steps += epoch > 0
+        if epoch > 0:
+            seconds += time.perf_counter() - start
+    images_per_second = steps * hp.batch_size / seconds
+    return seconds / settings.epochs, images_per_second
+
+
+class _TutorialDataset(torch.utils.data.Dataset):
+    """One PIL image per sample through torchvision's transforms, as the tutorials load data."""
+
+    def __init__(
+        self, split: tasks.Split, n: int, mean: torch.Tensor, std: torch.Tensor, augment: bool
+    ) -> None:
+        from torchvision import transforms
+
+        images = split.images[:n]
+        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HW or HWC uint8
+        self.labels = split.labels[:n].tolist()
+        steps: list[Any] = []
+        if augment:
+            steps += [
+                transforms.RandomCrop(images.shape[-1], padding=4),
+                transforms.RandomHorizontalFlip(),
+            ]
+        # ToTensor scales to 0..1; the harness normalizes raw values, so scale its statistics too.
+        scale = 255.0 if images.dtype == torch.uint8 else 1.0
+        steps += [
+            transforms.ToTensor(),
+            transforms.Normalize(
+                (mean.flatten() / scale).tolist(), (std.flatten() / scale).tolist()
+            ),
+        ]
+        self.transform = transforms.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def _packed(settings: LoopSettings, n: int, batch_size: int) -> float:
+    """Aggregate images/s of ``n`` harness processes training at once."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ready = context.Barrier(n)
+    processes = [
+        context.Process(target=_one_worker, args=(settings, batch_size, n, ready, results))
+        for _ in range(n)
+    ]
+    for process in processes:
+        process.start()
+    total = sum(results.get(timeout=3600) for _ in processes)
+    for process in processes:
+        process.join()
+    return total
+
+
+def _one_worker(settings: LoopSettings, batch_size: int, n: int, ready: Any, results: Any) -> None:
+    device = pick_device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    task = tasks.get(settings.task)
+    data = DeviceData.from_split(
+        _split(task, settings), val_fraction=0.01, seed=0, device=device, augment=task.augment
+    )
+    hp = Hyperparameters(batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9)
+    ready.wait()  # every process loaded and on its device: start training together
+    results.put(_harness(task, settings, data, hp)[1])
+
+
+def format_row(row: Row) -> str:
+    seconds = "" if math.isnan(row.seconds_per_epoch) else f"{row.seconds_per_epoch:8.2f}"
+    return (
+        f"{row.loop:<12} batch {row.batch_size:>5}  {seconds:>8} s/epoch  "
+        f"{row.images_per_second:>10,.0f} images/s  {row.ratio:6.2f}× reference"
+    )
+
+
+def write_json(path: Path, device: str, settings: LoopSettings, rows: list[Row]) -> None:
+    def plain(row: Row) -> dict[str, Any]:
+        fields = asdict(row)
+        # Packed workers have no one epoch time: JSON null, not NaN (which JSON does not have).
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
+
+    payload = {
+        "device": device,
+        "torch": torch.__version__,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        "rows": [plain(r) for r in rows],
+    }
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
