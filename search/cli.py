@@ -297,6 +297,21 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     loop.add_argument("--json", type=Path, help="also write the results to this JSON file")
 
+    whole = kinds.add_parser(
+        "study",
+        parents=[common],
+        help="a whole study on the harness's loop and again on the reference loop",
+    )
+    whole.add_argument("--space", default="digits", help="space file or name (default: digits)")
+    whole.add_argument("--trials", type=int, default=100, help="trials per study (default: 100)")
+    whole.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
+    whole.add_argument("--seed", type=int, default=0, help="study seed (default: 0)")
+    whole.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    whole.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    whole.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
     scaling = kinds.add_parser(
         "workers",
         parents=[common],
@@ -486,6 +501,30 @@ def _bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_study(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from search.bench import study
+
+    timings = study.run(
+        study.StudySettings(
+            space=args.space,
+            trials=args.trials,
+            epochs=args.epochs,
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir.expanduser(),
+        )
+    )
+    if args.json:
+        rows = [{**dataclasses.asdict(t), "overhead": t.overhead} for t in timings]
+        ratio = timings[1].wall_seconds / timings[0].wall_seconds
+        args.json.write_text(json.dumps({"studies": rows, "speedup": ratio}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench_workers(args: argparse.Namespace) -> int:
     from search.bench import workers
 
@@ -549,6 +588,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_workers(args)
     if args.bench == "loop":
         return _bench_loop(args)
+    if args.bench == "study":
+        return _bench_study(args)
     from search import report
     from search.bench import hpo, hpo_report
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 def test_bench_loop_measures_both_loops_and_packed_workers(cli, tmp_path: Path) -> None:
     result = cli(
@@ -34,7 +36,60 @@ def test_bench_loop_measures_both_loops_and_packed_workers(cli, tmp_path: Path) 
             assert abs(per_second - row["images_per_second"]) / per_second < 1e-6
 
 
-def test_bench_loop_refuses_a_task_without_8_bit_images(cli) -> None:
-    result = cli("bench", "loop", "--task", "digits")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "mnist1d", "--model", "resnet"], "--model resnet: task mnist1d has mlp, cnn1d"),
+        (["--task", "digits", "--batch-sizes", "64,0"], "every --batch-sizes value must be"),
+        (
+            ["--task", "digits", "--batch-sizes", "4096"],
+            "--batch-sizes 4096 exceeds the 1424 training",
+        ),
+        (["--task", "mnist"], "MNIST"),  # no dataset in ./data: the missing files are named
+    ],
+)
+def test_bad_bench_loop_settings_are_one_line(cli, args: list[str], message: str) -> None:
+    result = cli("bench", "loop", *args)
     assert result.returncode == 2
-    assert "--task digits: the reference loop reads 8-bit images" in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_bench_study_runs_the_same_study_on_both_loops(cli, write_space, tmp_path: Path) -> None:
+    from conftest import tiny_space
+
+    space = write_space(tiny_space(epochs=2))
+    result = cli("bench", "study", "--space", str(space), "--trials", "4", "--json", "study.json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads((tmp_path / "study.json").read_text())
+    harness, reference = payload["studies"]
+    assert (harness["loop"], reference["loop"]) == ("harness", "reference")
+    for timing in (harness, reference):
+        assert 0 < timing["trial_seconds"] <= timing["wall_seconds"]
+        assert 0 <= timing["overhead"] < 1 and 0 < timing["best"] <= 1
+    assert payload["speedup"] == reference["wall_seconds"] / harness["wall_seconds"]
+    assert "the harness ran the study" in result.stdout
+    assert not (tmp_path / "studies").exists()  # its two studies lived in a temporary folder
+
+
+def test_reference_loop_learns_as_the_harness_does() -> None:
+    """The two loops differ in how batches are made, not in what is learned."""
+    import torch
+
+    from search import tasks
+    from search.bench.loop import reference_fit
+    from search.tasks import models
+    from search.tasks.data import DeviceData
+    from search.train import Hyperparameters, fit
+
+    task = tasks.get("digits")
+    data = DeviceData.from_split(
+        task.load(None, False, True), val_fraction=0.25, seed=0, device=torch.device("cpu")
+    )
+    hp = Hyperparameters(lr=3e-3, batch_size=64, optimizer="adam")
+    accuracy = {}
+    for name, train in (("harness", fit), ("reference", reference_fit)):
+        torch.manual_seed(0)
+        model = models.build("cnn", 2, task.input_shape, task.num_classes)
+        accuracy[name] = train(model, data, hp, epochs=4, seed=0)[-1].val_accuracy
+    assert accuracy["harness"] > 0.9 and accuracy["reference"] > 0.9, accuracy
+    assert abs(accuracy["harness"] - accuracy["reference"]) < 0.05, accuracy

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from search import tasks
-from search.errors import SettingsError
+from search.errors import Diverged, SettingsError
 from search.tasks import models
 from search.tasks.data import DeviceData
-from search.train import Hyperparameters, fit, make_optimizer, pick_device
+from search.train import EpochResult, Hyperparameters, evaluate, fit, make_optimizer, pick_device
 
 WARMUP_STEPS = 5
 
@@ -65,10 +65,10 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
         raise SettingsError("--epochs and every --batch-sizes value must be at least 1")
     models.build(settings.model, settings.depth, task.input_shape, task.num_classes)  # depth valid
     split = _split(task, settings)
-    if split.images.dtype != torch.uint8:
+    if not pil_readable(split.images):
         raise SettingsError(
-            f"--task {task.name}: the reference loop reads 8-bit images through PIL; use mnist, "
-            "fashion-mnist, cifar10 or a synthetic-* task"
+            f"--task {task.name}: the reference loop reads images through PIL (8-bit, or "
+            "one-channel float); use mnist, fashion-mnist, cifar10 or a synthetic-* task"
         )
     device = pick_device(settings.device)
     data = DeviceData.from_split(
@@ -173,6 +173,73 @@ def _reference(
     return seconds / settings.epochs, images_per_second
 
 
+def pil_readable(images: torch.Tensor) -> bool:
+    """8-bit images of any channels, or one-channel float images (PIL's mode F)."""
+    return images.dtype == torch.uint8 or images.shape[1] == 1
+
+
+def reference_fit(
+    model: torch.nn.Module,
+    data: DeviceData,
+    hp: Hyperparameters,
+    *,
+    epochs: int,
+    seed: int,
+    on_epoch: Any = None,
+    checkpoint: Any = None,
+    history: list[EpochResult] | None = None,
+) -> list[EpochResult]:
+    """`train.fit`'s signature on the reference loop, for `search bench study`'s second study.
+
+    Each epoch trains the tutorial way (see the module docstring) and then scores the validation
+    split with the harness's `evaluate`, so the two studies differ in the training loop only. It
+    keeps no checkpoints: a reference study is not resumed.
+    """
+    from torch.utils.data import DataLoader
+
+    device = data.device
+    dataset = _TutorialDataset.of(data)
+    model.to(device)
+    optimizer = make_optimizer(hp, model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=hp.batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+    )
+    history = [] if history is None else history
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        total, steps = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+        train_seconds = time.perf_counter() - start
+        if not math.isfinite(total):
+            raise Diverged(epoch, total / steps)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=total / steps,
+            val_accuracy=evaluate(model, data.val_x, data.val_y),
+            seconds=time.perf_counter() - start,
+            images_per_second=steps * hp.batch_size / train_seconds,
+        )
+        history.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+    return history
+
+
 class _TutorialDataset(torch.utils.data.Dataset):
     """One PIL image per sample through torchvision's transforms, as the tutorials load data."""
 
@@ -182,7 +249,8 @@ class _TutorialDataset(torch.utils.data.Dataset):
         from torchvision import transforms
 
         images = split.images[:n]
-        self.images = images.permute(0, 2, 3, 1).squeeze(-1).numpy()  # HW or HWC uint8
+        as_pil = images.permute(0, 2, 3, 1).squeeze(-1)  # HW (or HWC for colour)
+        self.images = as_pil.numpy() if images.dtype == torch.uint8 else as_pil.float().numpy()
         self.labels = split.labels[:n].tolist()
         steps: list[Any] = []
         if augment:
@@ -199,6 +267,15 @@ class _TutorialDataset(torch.utils.data.Dataset):
             ),
         ]
         self.transform = transforms.Compose(steps)
+
+    @classmethod
+    def of(cls, data: DeviceData) -> _TutorialDataset:
+        """The training part of device-resident data, back at the dataset's own scale."""
+        raw = (data.train_x.float() * data.std + data.mean).cpu()
+        if not pil_readable(raw):  # colour: 8-bit, as it was read
+            raw = raw.round().clamp(0, 255).to(torch.uint8)
+        split = tasks.Split(raw.contiguous(), data.train_y.cpu())
+        return cls(split, data.n_train, data.mean.cpu(), data.std.cpu(), data.augment)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,0 +1,110 @@
+"""`search bench study`: one whole study on the harness's loop and again on the reference loop.
+
+Both studies get the same space, data, validation split, TPE sampler seed and median pruner, in
+one process and one run, each in its own fresh SQLite file; they differ only in the training loop
+(`search.train.fit`, or the tutorial-style loop of `search.bench.loop.reference_fit`). The wall
+times and their ratio are printed, and so is each study's harness overhead: the wall time outside
+its trials' own measured seconds (sampling, storage, pruning decisions, reporting), as a share.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search import spaces, tasks, workers
+from search import study as studies
+from search.bench.loop import pil_readable, reference_fit
+from search.errors import SettingsError, TrialFailure
+from search.objective import Objective
+from search.train import fit, pick_device
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    space: str = "digits"
+    trials: int = 100
+    epochs: int | None = None
+    seed: int = 0
+    device: str | None = None
+    data_dir: Path = Path("data")
+
+
+@dataclass(frozen=True)
+class StudyTiming:
+    loop: str
+    wall_seconds: float
+    trial_seconds: float
+    best: float
+
+    @property
+    def overhead(self) -> float:
+        return max(0.0, self.wall_seconds - self.trial_seconds) / self.wall_seconds
+
+
+def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
+    if settings.trials < 1:
+        raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
+    space = spaces.load(settings.space)
+    task = tasks.get(space.task)
+    device = pick_device(settings.device)
+    data = workers.load_data(task, space, settings.data_dir, False, settings.seed, device)
+    if not pil_readable(data.train_x):
+        raise SettingsError(
+            f"--space {settings.space}: task {task.name} has no PIL-readable images"
+        )
+    epochs = settings.epochs or space.epochs
+    echo(
+        f"bench study: {settings.trials} trials of {space.source} (task {task.name}, up to "
+        f"{epochs} epochs, TPE + median pruning, seed {settings.seed}) on {device}, twice"
+    )
+    folder = Path(tempfile.mkdtemp(prefix="search-bench-study-"))
+    timings = []
+    try:
+        for loop, train in (("harness", fit), ("reference", reference_fit)):
+            url = f"sqlite:///{folder / loop}.db"
+            study = optuna.create_study(
+                storage=studies.open_storage(url, create=True),
+                study_name=loop,
+                direction="maximize",
+                sampler=studies.make_sampler(
+                    "tpe",
+                    studies.sampler_seed(settings.seed, 0, 0),
+                    conditional=space.has_conditions,
+                ),
+                pruner=studies.make_pruner("median", epochs),
+            )
+            objective = Objective(space, task, data, epochs=epochs, seed=settings.seed, train=train)
+            start = time.perf_counter()
+            study.optimize(objective, n_trials=settings.trials, catch=(TrialFailure,))
+            wall = time.perf_counter() - start
+            trials = study.get_trials(deepcopy=False)
+            timing = StudyTiming(
+                loop,
+                wall,
+                sum(t.user_attrs.get("seconds", 0.0) for t in trials),
+                max((studies.trial_result(t) or 0.0 for t in trials), default=0.0),
+            )
+            echo(f"  {format_timing(timing)}")
+            timings.append(timing)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    harness, reference = timings
+    echo(
+        f"the harness ran the study {reference.wall_seconds / harness.wall_seconds:.2f}× as fast "
+        f"as the reference loop ({harness.wall_seconds:.1f} s against {reference.wall_seconds:.1f} s)"
+    )
+    return timings
+
+
+def format_timing(timing: StudyTiming) -> str:
+    return (
+        f"{timing.loop:<9} wall {timing.wall_seconds:7.1f} s, in trials {timing.trial_seconds:7.1f} s, "
+        f"overhead {100 * timing.overhead:4.1f} %, best val accuracy {timing.best:.4f}"
+    )
