@@ -502,9 +502,6 @@ def _bench_loop(args: argparse.Namespace) -> int:
 
 
 def _bench_study(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
     from search.bench import study
 
     timings = study.run(
@@ -518,9 +515,7 @@ def _bench_study(args: argparse.Namespace) -> int:
         )
     )
     if args.json:
-        rows = [{**dataclasses.asdict(t), "overhead": t.overhead} for t in timings]
-        ratio = timings[1].wall_seconds / timings[0].wall_seconds
-        args.json.write_text(json.dumps({"studies": rows, "speedup": ratio}, indent=2) + "\n")
+        study.write_json(args.json, timings)
         print(f"wrote {args.json}")
     return 0
 

@@ -188,44 +188,30 @@ def _write(
     sample: torch.Tensor,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    with torch.inference_mode():
-        expected = model(sample)
+    """Write the model files and config into ``folder``; reload each and compare its logits."""
     files: dict[str, Any] = {}
     with warnings.catch_warnings(), torch.inference_mode():
         # TorchScript is deprecated in favour of torch.export, but it still loads anywhere.
         warnings.simplefilter("ignore")
-        _write_files(folder, model, space, trial, epochs, sample, metrics, expected, files)
-    return files
+        expected = model(sample)
+        torch.save(model.state_dict(), folder / "model.pt")
+        files["model.pt"] = _difference(load_model(folder, space, trial.params)(sample), expected)
+        (folder / "config.toml").write_text(config_toml(space, trial, epochs, metrics))
 
-
-def _write_files(
-    folder: Path,
-    model: Normalized,
-    space: spaces.Space,
-    trial: FrozenTrial,
-    epochs: int,
-    sample: torch.Tensor,
-    metrics: dict[str, Any],
-    expected: torch.Tensor,
-    files: dict[str, Any],
-) -> None:
-    torch.save(model.state_dict(), folder / "model.pt")
-    files["model.pt"] = _difference(load_model(folder, space, trial.params)(sample), expected)
-    (folder / "config.toml").write_text(config_toml(space, trial, epochs, metrics))
-
-    scripted = torch.jit.trace(model, sample)
-    scripted.save(folder / "model.torchscript.pt")
-    files["model.torchscript.pt"] = _difference(
-        torch.jit.load(folder / "model.torchscript.pt")(sample), expected
-    )
-
-    missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
-    if missing:
-        files["model.onnx"] = (
-            f"skipped: {', '.join(missing)} not installed (pip install 'search[onnx]')"
+        torch.jit.trace(model, sample).save(folder / "model.torchscript.pt")
+        files["model.torchscript.pt"] = _difference(
+            torch.jit.load(folder / "model.torchscript.pt")(sample), expected
         )
-    else:
-        files["model.onnx"] = _difference(_onnx(model, sample, folder / "model.onnx"), expected)
+
+        missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
+        if missing:
+            files["model.onnx"] = (
+                f"skipped: {', '.join(missing)} not installed (pip install 'search[onnx]')"
+            )
+        else:
+            onnx = _onnx(model, sample, folder / "model.onnx")
+            files["model.onnx"] = _difference(onnx, expected)
+    return files
 
 
 def _onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:

@@ -297,18 +297,25 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
             (t.user_attrs.get("seconds", 0.0), f"{t.user_attrs.get('seconds', 0.0):.2f}"),
             (reason, reason),
         ]
-        rows.append(
-            f"<tr class='{t.state.name.lower()}'>"
-            + "".join(
-                f"<td data-sort='{html.escape(json.dumps(key))}'>{html.escape(text)}</td>"
-                for key, text in cells
-            )
-            + "</tr>"
+        rows.append((t.state.name.lower(), cells))
+    return sortable_table(head, rows)
+
+
+def sortable_table(head: list[str], rows: list[tuple[str, list[tuple[Any, str]]]]) -> str:
+    """A table the page's script sorts by column: each row is (CSS class, [(sort key, text)])."""
+    body = "".join(
+        (f"<tr class='{css}'>" if css else "<tr>")
+        + "".join(
+            f"<td data-sort='{html.escape(json.dumps(key))}'>{html.escape(text)}</td>"
+            for key, text in cells
         )
+        + "</tr>"
+        for css, cells in rows
+    )
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return (
         f"<table class='trials sortable'><thead><tr>{header}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<tbody>{body}</tbody></table>"
     )
 
 

@@ -61,6 +61,13 @@ class RunResult:
     finished: int
     seconds: float
 
+    @classmethod
+    def since(cls, study: optuna.Study, url: str, finished_before: int, start: float) -> RunResult:
+        """The study's state now, against its finished count and the clock at ``start``."""
+        return cls(
+            study, url, finished_before, studies.count_finished(study), time.perf_counter() - start
+        )
+
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -99,13 +106,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         )
         spec = _worker_spec(ready, settings)
         _run_until_target(study, spec, ready.worker_devices, ready.data, settings)
-    return RunResult(
-        study,
-        ready.url,
-        finished_before,
-        studies.count_finished(study),
-        time.perf_counter() - start,
-    )
+    return RunResult.since(study, ready.url, finished_before, start)
 
 
 def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
@@ -131,13 +132,7 @@ def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResul
         ],
         first_data=ready.data,
     )
-    return RunResult(
-        study,
-        ready.url,
-        finished_before,
-        studies.count_finished(study),
-        time.perf_counter() - start,
-    )
+    return RunResult.since(study, ready.url, finished_before, start)
 
 
 def _worker_spec(ready: _Prepared, settings: RunSettings) -> workers.Worker:

@@ -77,6 +77,29 @@ def search_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "search.cli"]
 
 
+def tiny_study(folder: Path, trials: int, pruner: str) -> Path:
+    """A real small study in ``folder``: the tiny digits space (3 epochs), trained by the CLI."""
+    (folder / "tiny.toml").write_text(toml(tiny_space(epochs=3)))
+    run = subprocess.run(
+        [
+            *search_command(),
+            "run",
+            "--space",
+            "tiny.toml",
+            "--trials",
+            str(trials),
+            "--pruner",
+            pruner,
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    return folder
+
+
 @pytest.fixture
 def cli(tmp_path: Path):
     """Run `search ...` in a subprocess with the test's temporary folder as working directory."""

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import search_command, tiny_space, toml
+from conftest import search_command, tiny_study, toml
 from test_dashboard import Dashboard
 
 CHROMIUM = os.environ.get("SEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,17 +50,7 @@ def browser():
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
     """A real small study: 8 trials of the tiny digits space, trained by the CLI."""
-    folder = tmp_path_factory.mktemp("browser")
-    (folder / "tiny.toml").write_text(toml(tiny_space(epochs=3)))
-    run = subprocess.run(
-        [*search_command(), "run", "--space", "tiny.toml", "--trials", "8", "--pruner", "median"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    return folder
+    return tiny_study(tmp_path_factory.mktemp("browser"), trials=8, pruner="median")
 
 
 def _page(browser):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import onnxruntime
 import optuna
 import pytest
 import torch
-from conftest import search_command, tiny_space, toml
+from conftest import tiny_study
 
 from search import spaces, tasks
 from search.export import ExportSettings, export, load_model
@@ -24,26 +23,7 @@ REPRODUCE_TOLERANCE = 0.01
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("export")
-    (folder / "tiny.toml").write_text(toml(tiny_space(epochs=3)))
-    run = subprocess.run(
-        [
-            *search_command(),
-            "run",
-            "--space",
-            "tiny.toml",
-            "--trials",
-            str(TRIALS),
-            "--pruner",
-            "none",
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    return folder
+    return tiny_study(tmp_path_factory.mktemp("export"), trials=TRIALS, pruner="none")
 
 
 def _study(folder: Path) -> optuna.Study:

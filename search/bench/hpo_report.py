@@ -6,7 +6,6 @@ Same look as `search report` (one offline file, plotly.js embedded once); never 
 from __future__ import annotations
 
 import html
-import json
 
 import numpy as np
 import plotly.colors
@@ -196,19 +195,8 @@ def _table(comparison: Comparison) -> str:
                 f"{np.mean(tests):.4f} ({min(tests):.4f}–{max(tests):.4f})" if tests else "",
             ),
         ]
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td data-sort='{html.escape(json.dumps(key))}'>{html.escape(text)}</td>"
-                for key, text in cells
-            )
-            + "</tr>"
-        )
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    return (
-        f"<table class='trials sortable'><thead><tr>{header}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+        rows.append(("", cells))
+    return report.sortable_table(head, rows)
 
 
 def table_lines(comparison: Comparison) -> list[str]:

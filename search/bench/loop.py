@@ -139,38 +139,57 @@ def _reference(
     hp: Hyperparameters,
     device: torch.device,
 ) -> tuple[float, float]:
-    from torch.utils.data import DataLoader
-
     dataset = _TutorialDataset(split, data.n_train, data.mean, data.std, task.augment)
     model = _build(task, settings).to(device)
     optimizer = make_optimizer(hp, model.parameters())
-    loader = DataLoader(
+    loader = _tutorial_loader(dataset, hp.batch_size, device)
+    model.train()
+    _tutorial_steps(model, optimizer, loader, device, limit=WARMUP_STEPS)  # untimed
+    seconds, steps = 0.0, 0
+    for _ in range(settings.epochs):
+        start = time.perf_counter()
+        steps += _tutorial_steps(model, optimizer, loader, device)[1]
+        seconds += time.perf_counter() - start
+    return seconds / settings.epochs, steps * hp.batch_size / seconds
+
+
+def _tutorial_loader(
+    dataset: torch.utils.data.Dataset, batch_size: int, device: torch.device, seed: int = 0
+) -> torch.utils.data.DataLoader:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
         dataset,
-        batch_size=hp.batch_size,
+        batch_size=batch_size,
         shuffle=True,
         num_workers=2,
         drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )
-    model.train()
-    seconds = 0.0
-    steps = 0
-    for epoch in range(settings.epochs + 1):  # epoch 0: warm-up steps only, untimed
-        start = time.perf_counter()
-        for step, (x, y) in enumerate(loader):
-            if epoch == 0 and step == WARMUP_STEPS:
-                break
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss.item()  # as tutorials do: the running loss, read every step
-            steps += epoch > 0
-        if epoch > 0:
-            seconds += time.perf_counter() - start
-    images_per_second = steps * hp.batch_size / seconds
-    return seconds / settings.epochs, images_per_second
+
+
+def _tutorial_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    limit: int | None = None,
+) -> tuple[float, int]:
+    """One pass over ``loader`` (or its first ``limit`` batches) the tutorial way; returns the
+    summed loss and the number of steps."""
+    total, steps = 0.0, 0
+    for x, y in loader:
+        if steps == limit:
+            break
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()  # as tutorials do: the running loss, read every step
+        steps += 1
+    return total, steps
 
 
 def pil_readable(images: torch.Tensor) -> bool:
@@ -195,35 +214,15 @@ def reference_fit(
     split with the harness's `evaluate`, so the two studies differ in the training loop only. It
     keeps no checkpoints: a reference study is not resumed.
     """
-    from torch.utils.data import DataLoader
-
     device = data.device
-    dataset = _TutorialDataset.of(data)
     model.to(device)
     optimizer = make_optimizer(hp, model.parameters())
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=hp.batch_size,
-        shuffle=True,
-        num_workers=2,
-        drop_last=True,
-        generator=generator,
-        pin_memory=device.type == "cuda",
-    )
+    loader = _tutorial_loader(_TutorialDataset.of(data), hp.batch_size, device, seed)
     history = [] if history is None else history
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        total, steps = 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
+        total, steps = _tutorial_steps(model, optimizer, loader, device)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(total):
             raise Diverged(epoch, total / steps)

@@ -9,10 +9,11 @@ its trials' own measured seconds (sampling, storage, pruning decisions, reportin
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,13 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
         f"as the reference loop ({harness.wall_seconds:.1f} s against {reference.wall_seconds:.1f} s)"
     )
     return timings
+
+
+def write_json(path: Path, timings: list[StudyTiming]) -> None:
+    """Both studies' timings and the harness's speed-up over the reference loop."""
+    rows = [{**asdict(t), "overhead": t.overhead} for t in timings]
+    speedup = timings[1].wall_seconds / timings[0].wall_seconds
+    path.write_text(json.dumps({"studies": rows, "speedup": speedup}, indent=2) + "\n")
 
 
 def format_timing(timing: StudyTiming) -> str:
