@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from search import faults
 from search.errors import Diverged, SettingsError
-from search.tasks.data import DeviceData, layout_for
+from search.tasks.data import layout_for
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 EVAL_BATCH = 2048
@@ -43,6 +43,46 @@ class Hyperparameters:
     optimizer: str = "adam"
     momentum: float = 0.0
     weight_decay: float = 0.0
+
+
+LOOP_PARAMS = tuple(f.name for f in dataclasses.fields(Hyperparameters))
+
+
+def split_params(params: dict[str, Any]) -> tuple[Hyperparameters, dict[str, Any]]:
+    """A trial's sampled params split in two: what the training loop takes, and everything else
+    (depth included), which goes to the model factory by keyword."""
+    loop = {k: v for k, v in params.items() if k in LOOP_PARAMS}
+    return Hyperparameters(**loop), {k: v for k, v in params.items() if k not in LOOP_PARAMS}
+
+
+class TrainingData(Protocol):
+    """What `fit` trains on: device-resident data (`search.tasks.data.DeviceData`) or data
+    streamed from the host (`search.tasks.streaming.StreamingData`), batches on ``device``."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def n_train(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    # What retraining, export and the benchmarks use besides `fit`:
+    mode: str  # "resident" or "stream", recorded on each trial
+    mean: torch.Tensor  # per-channel training statistics, shaped to broadcast over a batch
+    std: torch.Tensor
+
+    def split_batches(
+        self, split: Any, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def examples(self, n: int) -> torch.Tensor: ...
+
+    def with_validation_in_training(self) -> TrainingData: ...
 
 
 class Checkpoint(Protocol):
@@ -100,7 +140,7 @@ def make_optimizer(
 
 def fit(
     model: nn.Module,
-    data: DeviceData,
+    data: TrainingData,
     hp: Hyperparameters,
     *,
     epochs: int,
@@ -155,7 +195,7 @@ def fit(
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise Diverged(epoch, train_loss)
-        val_accuracy = evaluate(model, data.val_x, data.val_y)
+        val_accuracy = evaluate_batches(model, data.val_batches(EVAL_BATCH))
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -179,18 +219,30 @@ def fit(
     return history
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH
 ) -> float:
     """Accuracy of ``model`` on ``x``/``y`` (already on its device), in large batches, one sync."""
+    return evaluate_batches(
+        model,
+        ((x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(y), batch_size)),
+    )
+
+
+@torch.inference_mode()
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """Accuracy of ``model`` over ``batches`` of inputs and labels on its device, one sync."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, len(y), batch_size):
+    correct, total = None, 0
+    for x, y in batches:
         with _autocast(x.device):
-            logits = model(x[start : start + batch_size])
-        correct += (logits.argmax(dim=1) == y[start : start + batch_size]).sum()
-    return correct.item() / len(y)
+            logits = model(x)
+        hits = (logits.argmax(dim=1) == y).sum()
+        correct = hits if correct is None else correct + hits
+        total += len(y)
+    return correct.item() / total if total else 0.0
 
 
 def _autocast(device: torch.device) -> torch.autocast:

@@ -2,7 +2,11 @@
 
 Batches are index slices of a seeded permutation drawn on the device, and augmentation (random crop
 with 4-pixel padding and horizontal flip, as for CIFAR) runs there too: no DataLoader, no PIL and no
-host round trip inside the training step.
+host round trip inside the training step. Data too large for the device streams from the host
+instead (`search.tasks.streaming`), in the same order and with the same normalization.
+
+Inputs have any shape N×C×...: images N×C×H×W, sequences N×C×L, features N×F (each feature its
+own channel). Normalization is per channel (dimension 1), with statistics of the training part.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from search.tasks.registry import Split
+
+STATISTICS_CHUNK = 4096  # examples per step when summing the training statistics
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class DeviceData:
     std: torch.Tensor
     augment: bool = False
 
+    mode = "resident"  # what a trial records of the path its data took
+
     @classmethod
     def from_split(
         cls,
@@ -37,31 +45,33 @@ class DeviceData:
         seed: int,
         device: torch.device,
         augment: bool = False,
+        val: Split | None = None,
     ) -> DeviceData:
-        """Carve a seeded validation split out of ``split`` and move both parts to ``device``."""
-        n = len(split.labels)
-        n_val = max(1, round(n * val_fraction))
-        if n - n_val < 1:
-            raise ValueError(
-                f"{n} examples leave none for training with val_fraction={val_fraction}"
-            )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        images = split.images.to(device=device, dtype=torch.float32)
-        train_x = images[train_idx]
-        # Per-channel statistics of the training part only, so validation stays unseen.
-        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        """Carve a seeded validation split out of ``split`` (unless ``val`` is given) and move
+        both parts to ``device``."""
+        train_idx, val_idx = (
+            carve(len(split.labels), val_fraction, seed) if val is None else (None, None)
+        )
+        images = split.images.to(device=device)
+        train_raw = images if train_idx is None else images[train_idx.to(device)]
+        mean, std = channel_statistics(train_raw)
 
         def prepare(x: torch.Tensor) -> torch.Tensor:
-            return ((x - mean) / std).contiguous(memory_format=layout_for(device))
+            return normalize(x, mean, std)
 
         labels = split.labels.to(device=device, dtype=torch.int64)
+        if val is None:
+            val_x, val_y = prepare(images[val_idx.to(device)]), labels[val_idx.to(device)]
+            train_y = labels[train_idx.to(device)]
+        else:
+            val_x = prepare(val.images.to(device))
+            val_y = val.labels.to(device=device, dtype=torch.int64)
+            train_y = labels
         return cls(
-            train_x=prepare(train_x),
-            train_y=labels[train_idx],
-            val_x=prepare(images[val_idx]),
-            val_y=labels[val_idx],
+            train_x=prepare(train_raw),
+            train_y=train_y,
+            val_x=val_x,
+            val_y=val_y,
             mean=mean,
             std=std,
             augment=augment,
@@ -78,9 +88,20 @@ class DeviceData:
 
     def prepare(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """Another split (the test set) on this device, normalized as the training part was."""
-        images = split.images.to(device=self.device, dtype=torch.float32)
-        x = ((images - self.mean) / self.std).contiguous(memory_format=layout_for(self.device))
+        x = normalize(split.images.to(device=self.device), self.mean, self.std)
         return x, split.labels.to(device=self.device, dtype=torch.int64)
+
+    def split_batches(
+        self, split: Split, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Another split in order, normalized as the training part was, ``batch_size`` at a time."""
+        x, y = self.prepare(split)
+        for start in range(0, len(y), batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+
+    def examples(self, n: int) -> torch.Tensor:
+        """The first ``n`` training inputs as the model sees them, on the CPU."""
+        return self.train_x[:n].cpu()
 
     @property
     def device(self) -> torch.device:
@@ -102,6 +123,53 @@ class DeviceData:
                 x = crop_flip(x, generator)
             yield x, self.train_y[idx]
 
+    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.val_y), batch_size):
+            yield self.val_x[start : start + batch_size], self.val_y[start : start + batch_size]
+
+
+def carve(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation indices of ``n`` examples: a seeded share held out."""
+    n_val = max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise ValueError(f"{n} examples leave none for training with val_fraction={val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
+
+
+def channel_statistics(
+    images: torch.Tensor, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of ``images`` (the rows ``index``, if given),
+    shaped to broadcast over a batch, summed in float64 a chunk at a time, so that data streamed
+    from the host (even from a memory-mapped file) gets exactly the resident path's statistics."""
+    rows = len(images) if index is None else len(index)
+    dims = [0, *range(2, images.dim())]
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, rows, STATISTICS_CHUNK):
+        chunk = (
+            images[start : start + STATISTICS_CHUNK]
+            if index is None
+            else images[index[start : start + STATISTICS_CHUNK]]
+        )
+        chunk = chunk.to(torch.float64)
+        total += chunk.sum(dim=dims)
+        squares += chunk.square().sum(dim=dims)
+    count = rows * images[0, 0].numel()
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(1, count - 1)
+    shape = (1, -1, *[1] * (images.dim() - 2))
+    std = variance.clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float().reshape(shape), std.float().reshape(shape)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Raw inputs as the model trains on them: float32, per-channel standardized, in the device's
+    preferred layout."""
+    x = (x.to(dtype=torch.float32) - mean) / std
+    return x.contiguous(memory_format=layout_for(x.device, x.dim()))
+
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random ``pad``-pixel translation (zero padding) and horizontal flip, per image, batched."""
@@ -118,6 +186,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     return padded[batch, channel, rows, cols].contiguous(memory_format=layout_for(x.device))
 
 
-def layout_for(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA, where convolutions run faster in it (and with bf16); plain elsewhere."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def layout_for(device: torch.device, dims: int = 4) -> torch.memory_format:
+    """channels_last for images on CUDA, where convolutions run faster in it (and with bf16);
+    plain elsewhere."""
+    return torch.channels_last if device.type == "cuda" and dims == 4 else torch.contiguous_format
