@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a running trial's heartbeats; one silent for 3 is retried (default: 10)",
     )
     _add_checkpoint_dir(run)
+    _add_data_mode(run)
 
     worker = commands.add_parser(
         "worker",
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, help="stop starting trials after this many seconds"
     )
     _add_checkpoint_dir(worker)
+    _add_data_mode(worker)
 
     listing = commands.add_parser(
         "list", parents=[common], help="list studies with trial counts and best value"
@@ -222,6 +224,18 @@ def _add_checkpoint_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-mode",
+        choices=("auto", "resident", "stream"),
+        default="auto",
+        help=(
+            "keep the data on the device (resident) or stream batches from host memory (stream); "
+            "default auto: resident when it takes at most half the device's free memory"
+        ),
+    )
+
+
 def _counts(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -281,6 +295,10 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="the harness's training loop against a tutorial-style PyTorch loop, side by side",
     )
     loop.add_argument("--task", default="mnist", help="an image task (default: mnist)")
+    loop.add_argument(
+        "--space",
+        help="a space file's data and model instead of --task/--model/--depth (your own data)",
+    )
     loop.add_argument("--model", default="cnn", help="model family (default: cnn)")
     loop.add_argument("--depth", type=int, default=2, help="model depth (default: 2)")
     loop.add_argument(
@@ -389,6 +407,7 @@ def _run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         objectives=args.objectives,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
+        data_mode=args.data_mode,
     )
     # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -427,6 +446,7 @@ def _worker(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         timeout=args.timeout,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
+        data_mode=args.data_mode,
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -493,6 +513,7 @@ def _bench_loop(args: argparse.Namespace) -> int:
         examples=args.examples,
         device=args.device,
         data_dir=args.data_dir.expanduser(),
+        space=args.space,
     )
     device, rows = loop.run(settings)
     if args.json:

@@ -3,10 +3,14 @@
 The directory holds:
 
 - ``model.pt``: the state dict (loadable with ``weights_only=True``; `load_model` rebuilds it);
-- ``config.toml``: a space file with the task, the model and each param fixed to the trial's value,
-  runnable again with ``search run --space DIR/config.toml``;
-- ``metrics.json``: validation and test accuracy, epochs, seconds, seeds, device and versions;
-- ``model.torchscript.pt`` and, with the ``onnx`` extra installed, ``model.onnx``.
+- ``config.toml``: a space file with the task, the model (a family, or the user's factory by an
+  absolute reference) and each param fixed to the trial's value, runnable again with
+  ``search run --space DIR/config.toml``;
+- ``metrics.json``: validation and test accuracy, epochs, seconds, seeds, input shape, classes,
+  device and versions;
+- ``model.torchscript.pt`` where ``torch.jit.trace`` captures the model and, with the ``onnx`` extra
+  installed, ``model.onnx`` where the exporter does; a model that they cannot capture (a user's,
+  with Python control flow) gets a line saying why the file was skipped.
 
 Every model file takes raw inputs (the dataset's own scale): normalization with the training
 statistics is part of the model. Each exported file is loaded back and run on a test batch before
@@ -20,6 +24,7 @@ import importlib.util
 import json
 import shutil
 import time
+import tomllib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +35,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search import retrain, spaces, tasks, workers
+from search import references, retrain, runner, spaces, tasks
 from search import study as studies
 from search.errors import SettingsError, StorageError
-from search.objective import hyperparameters
-from search.tasks import models
+from search.tasks import factory, placement, resolve
 from search.train import pick_device
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -47,8 +51,8 @@ class Normalized(nn.Module):
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", mean.detach().reshape(1, -1, 1, 1).clone())
-        self.register_buffer("std", std.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("mean", mean.detach().clone())  # shaped (1, C, 1, ...) to broadcast
+        self.register_buffer("std", std.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
@@ -111,14 +115,18 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     stored = study.user_attrs.get(studies.SETTINGS_ATTR)
     if stored is None or studies.SPACE_ATTR not in study.user_attrs:
         raise StorageError(f"study {settings.study} was not created by search run")
-    space = spaces.from_data(
-        study.user_attrs[studies.SPACE_ATTR], name=stored["space_name"], source=settings.study
-    )
+    space = runner.stored_space(study)
     trial = chosen_trial(study, settings.trial)
-    task = tasks.get(space.task)
+    task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
+    runner.check_unchanged(study, task, "export a trial of this data and code")
     device = pick_device(settings.device)
-    data = workers.load_data(
-        task, space, settings.data_dir, settings.download, stored["seed"], device
+    data = placement.load_data(
+        task,
+        space,
+        seed=stored["seed"],
+        device=device,
+        data_dir=settings.data_dir,
+        download=settings.download,
     )
     curve = studies.epoch_accuracies(trial)
     best_epoch = max(curve, key=lambda epoch: (curve[epoch], -epoch))
@@ -132,7 +140,6 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     )
     start = time.perf_counter()
     again = retrain.retrain(
-        space,
         task,
         data,
         trial.params,
@@ -161,7 +168,10 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         "study_seed": stored["seed"],
         "task": space.task,
         "model": space.model,
+        "model_args": space.model_args,
         "input_shape": list(task.input_shape),
+        "num_classes": task.num_classes,
+        "data_mode": data.mode,
         "environment": studies.environment(device),
     }
     partial = out.with_name(f".{out.name}.partial")
@@ -195,23 +205,51 @@ def _write(
         warnings.simplefilter("ignore")
         expected = model(sample)
         torch.save(model.state_dict(), folder / "model.pt")
-        files["model.pt"] = _difference(load_model(folder, space, trial.params)(sample), expected)
         (folder / "config.toml").write_text(config_toml(space, trial, epochs, metrics))
+        # What `load_model` rebuilds from; written again below with these files' checks.
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        files["model.pt"] = _difference(load_model(folder)(sample), expected)
 
-        torch.jit.trace(model, sample).save(folder / "model.torchscript.pt")
-        files["model.torchscript.pt"] = _difference(
-            torch.jit.load(folder / "model.torchscript.pt")(sample), expected
+        files["model.torchscript.pt"] = _optional(
+            folder / "model.torchscript.pt",
+            lambda path: _torchscript(model, sample, path),
+            expected,
+            "torch.jit.trace",
         )
-
         missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
         if missing:
             files["model.onnx"] = (
                 f"skipped: {', '.join(missing)} not installed (pip install 'search[onnx]')"
             )
         else:
-            onnx = _onnx(model, sample, folder / "model.onnx")
-            files["model.onnx"] = _difference(onnx, expected)
+            files["model.onnx"] = _optional(
+                folder / "model.onnx",
+                lambda path: _onnx(model, sample, path),
+                expected,
+                "torch.onnx.export",
+            )
     return files
+
+
+def _optional(path: Path, write: Any, expected: torch.Tensor, how: str) -> dict[str, Any] | str:
+    """Write a format the model may not allow (tracing, ONNX); a line saying why it was skipped
+    where it does not, or where the file does not reproduce the model."""
+    try:
+        return _difference(write(path), expected)
+    except Exception as e:
+        path.unlink(missing_ok=True)
+        return f"skipped: {how} could not capture this model: {references.failure_line(e)}"
+
+
+def _capture_batch(sample: torch.Tensor) -> torch.Tensor:
+    """The batch a format captures the model on: half the one it is checked on, so that a file
+    that froze the batch size, or a branch the data took, is caught rather than shipped."""
+    return sample[: max(1, len(sample) // 2)]
+
+
+def _torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:
+    torch.jit.trace(model, _capture_batch(sample)).save(path)
+    return torch.jit.load(path)(sample)
 
 
 def _onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:
@@ -220,7 +258,7 @@ def _onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:
     batch = torch.export.Dim("batch", min=1)
     torch.onnx.export(
         model,
-        (sample,),
+        (_capture_batch(sample),),
         path,
         input_names=["images"],
         output_names=["logits"],
@@ -236,19 +274,29 @@ def _difference(got: torch.Tensor, expected: torch.Tensor) -> dict[str, Any]:
     """How far a reloaded file's logits are from the model's; an error past `TOLERANCE`."""
     largest = float((got - expected).abs().max())
     if largest > TOLERANCE or not torch.equal(got.argmax(1), expected.argmax(1)):
-        raise RuntimeError(f"an exported file disagrees with the model by {largest:.2e}")
+        raise RuntimeError(
+            f"the file's logits differ from the model's by {largest:.2e} on {len(expected)} test "
+            "inputs (Python control flow or NumPy in forward?)"
+        )
     return {"max_abs_logit_difference": largest, "checked_on": len(expected)}
 
 
-def load_model(folder: Path, space: spaces.Space, params: dict[str, Any]) -> Normalized:
-    """The model saved in ``folder/model.pt``, rebuilt from its space and params."""
-    task = tasks.get(space.task)
-    _, depth = hyperparameters(params)
-    channels = task.input_shape[0]
+def load_model(folder: Path) -> Normalized:
+    """The model saved in ``folder/model.pt``, rebuilt by its factory from the folder's
+    ``config.toml`` (model, fixed params) and ``metrics.json`` (input shape, classes)."""
+    config = tomllib.loads((folder / "config.toml").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    params = {name: spec["choices"][0] for name, spec in config["params"].items()}
+    task = config["task"]
+    made = factory.resolve(task["model"], task.get("model_args", {}), folder)
+    input_shape = tuple(metrics["input_shape"])
+    broadcast = (1, input_shape[0], *[1] * (len(input_shape) - 1))
+    # Exports written before user tasks existed name a registered task and no class count.
+    num_classes = metrics.get("num_classes") or tasks.get(task["name"]).num_classes
     model = Normalized(
-        models.build(space.model, depth, task.input_shape, task.num_classes),
-        torch.zeros(channels),
-        torch.ones(channels),
+        made.build(params, input_shape, num_classes),
+        torch.zeros(broadcast),
+        torch.ones(broadcast),
     )
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True, map_location="cpu"))
     return model.eval()
@@ -262,15 +310,13 @@ def config_toml(
         f"trial {trial.number} of study {metrics['study']}: val accuracy "
         f"{metrics['trial_val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}"
     )
-    lines = [
-        f"description = {_toml(description)}",
-        "",
-        "[task]",
-        f'name = "{space.task}"',
-        f'model = "{space.model}"',
-        f"epochs = {epochs}",
-        f"val_fraction = {space.val_fraction!r}",
-    ]
+    table = {**space.absolute_task_table(), "epochs": epochs, "val_fraction": space.val_fraction}
+    model_args = table.pop("model_args", {})
+    lines = [f"description = {_toml(description)}", "", "[task]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+    if model_args:
+        lines += ["", "[task.model_args]"]
+        lines += [f"{key} = {_toml(value)}" for key, value in model_args.items()]
     for name, value in trial.params.items():
         lines += ["", f"[params.{name}]", 'type = "categorical"', f"choices = [{_toml(value)}]"]
     return "\n".join(lines) + "\n"
@@ -281,4 +327,8 @@ def _toml(value: Any) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
     return repr(value)

@@ -1,13 +1,13 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
-Every trial, however it ends, records what it cost as user attrs: its seed, device, parameter
-count, epochs run, training seconds, per-epoch seconds, images/s and train loss, and peak memory;
-and a markdown note (params and a row per epoch) that optuna-dashboard shows beside the trial.
+Every trial, however it ends, records what it cost as user attrs: its seed, device, the path its
+data took (resident or streamed), parameter count, epochs run, training seconds, per-epoch seconds,
+images/s and train loss, and peak memory; and a markdown note (params and a row per epoch) that
+optuna-dashboard shows beside the trial.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import resource
 import time
@@ -23,21 +23,12 @@ from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, TrialFailure
 from search.spaces import Space
 from search.study import original_number, trial_seed
-from search.tasks import Task, models
-from search.tasks.data import DeviceData
-from search.train import EpochResult, Hyperparameters, fit
-
-_HYPERPARAMETER_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters)}
-
-
-def hyperparameters(params: dict[str, Any]) -> tuple[Hyperparameters, int]:
-    """Split sampled params into the training loop's hyperparameters and the model depth."""
-    hp = Hyperparameters(**{k: v for k, v in params.items() if k in _HYPERPARAMETER_FIELDS})
-    return hp, int(params.get("depth", 1))
+from search.tasks import Task
+from search.train import EpochResult, Hyperparameters, TrainingData, fit, split_params
 
 
 class Objective:
-    """Trains one configuration per trial on data already on the device.
+    """Trains one configuration per trial on data already on the device (or streamed to it).
 
     It returns the best validation accuracy; with ``objectives`` beyond ``accuracy``, a tuple
     that adds the trial's training seconds (``train-seconds``) and parameter count (``params``).
@@ -48,7 +39,7 @@ class Objective:
         self,
         space: Space,
         task: Task,
-        data: DeviceData,
+        data: TrainingData,
         *,
         epochs: int,
         seed: int,
@@ -67,13 +58,14 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.space.suggest(trial)
-        hp, depth = hyperparameters(params)
+        hp = split_params(params)[0]
+        size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
         # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
         origin = original_number(trial.study.get_trials(deepcopy=False)[trial.number])
         seed = trial_seed(self.seed, origin)
         device = self.data.device
         torch.manual_seed(seed)  # model initialization
-        model = models.build(self.space.model, depth, self.task.input_shape, self.task.num_classes)
+        model = self.task.build_model(params)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         checkpoint = None
@@ -91,6 +83,7 @@ class Objective:
         attrs: dict[str, Any] = {
             "seed": seed,
             "device": str(device),
+            "data_mode": self.data.mode,
             "param_count": sum(p.numel() for p in model.parameters()),
         }
         if origin != trial.number:
@@ -99,13 +92,13 @@ class Objective:
         start = time.perf_counter()
         outcome = ""
         try:
-            _predict_oom(trial, hp.batch_size, depth)
+            _predict_oom(trial, size)
             _fit_or_oom(
                 self.train,
                 model,
                 self.data,
                 hp,
-                depth,
+                size,
                 epochs=self.epochs,
                 seed=seed,
                 on_epoch=report_and_maybe_prune,
@@ -118,7 +111,7 @@ class Objective:
                 fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch
             )
             if failure.reason == "oom":
-                attrs["oom_at"] = {"batch_size": hp.batch_size, "depth": depth}
+                attrs["oom_at"] = size
             outcome = f"failed: {failure}"
             raise
         except optuna.TrialPruned as pruned:
@@ -160,9 +153,9 @@ class Objective:
 def _fit_or_oom(
     train: Callable[..., list[EpochResult]],
     model: torch.nn.Module,
-    data: DeviceData,
+    data: TrainingData,
     hp: Hyperparameters,
-    depth: int,
+    size: dict[str, float],
     **kwargs: Any,
 ) -> None:
     """`fit`, turning an out-of-memory error into `OutOfMemory` once its memory is released."""
@@ -179,23 +172,26 @@ def _fit_or_oom(
     gc.collect()
     if data.device.type == "cuda":
         torch.cuda.empty_cache()
-    raise OutOfMemory(len(history) + 1, f"batch_size {hp.batch_size}, depth {depth}")
+    raise OutOfMemory(len(history) + 1, _describe(size))
 
 
-def _predict_oom(trial: optuna.Trial, batch_size: int, depth: int) -> None:
+def _predict_oom(trial: optuna.Trial, size: dict[str, float]) -> None:
     """Fail at once, as `oom`, a configuration at least as large as one that ran out of memory.
 
     Samplers learn nothing from failed trials, so the study itself remembers: a later trial with
-    no smaller batch and no smaller depth than an OOM trial skips training it could not finish.
+    no smaller batch and no smaller model argument (depth, width ...) than an OOM trial skips
+    training it could not finish.
     """
     for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         if other.user_attrs.get("fail_reason") != "oom":
             continue
-        size = other.user_attrs.get("oom_at", {})
-        if batch_size >= size.get("batch_size", batch_size + 1) and depth >= size.get("depth", 0):
-            raise OutOfMemory(
-                0, f"batch_size {batch_size}, depth {depth}, as large as OOM trial {other.number}"
-            )
+        wall = other.user_attrs.get("oom_at") or {}
+        if wall and all(name in size and size[name] >= value for name, value in wall.items()):
+            raise OutOfMemory(0, f"{_describe(size)}, as large as OOM trial {other.number}")
+
+
+def _describe(size: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in size.items())
 
 
 def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:

@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.objective import hyperparameters
-from search.spaces import Space
-from search.tasks import Split, Task, models
-from search.tasks.data import DeviceData
-from search.train import EpochResult, evaluate, fit
+from search.tasks import Split, Task
+from search.train import EVAL_BATCH, EpochResult, TrainingData, evaluate_batches, fit, split_params
 
 
 @dataclass(frozen=True)
@@ -30,9 +27,8 @@ class Retrained:
 
 
 def retrain(
-    space: Space,
     task: Task,
-    data: DeviceData,
+    data: TrainingData,
     params: dict[str, Any],
     *,
     seed: int,
@@ -42,9 +38,9 @@ def retrain(
     """Train ``params`` for ``epochs`` epochs with ``seed``, keeping the weights of the best
     validation epoch (``keep="best"``) or of the last one (``"last"``: when validation data is
     trained on, its accuracy cannot choose)."""
-    hp, depth = hyperparameters(params)
+    hp = split_params(params)[0]
     torch.manual_seed(seed)  # as the objective does before building the model
-    model = models.build(space.model, depth, task.input_shape, task.num_classes)
+    model = task.build_model(params)
     best: dict[str, Any] = {"accuracy": -1.0}
 
     def keep_best(result: EpochResult) -> None:
@@ -57,7 +53,6 @@ def retrain(
     return Retrained(model, history, best["epoch"], best["accuracy"])
 
 
-def test_accuracy(model: nn.Module, data: DeviceData, test: Split) -> float:
+def test_accuracy(model: nn.Module, data: TrainingData, test: Split) -> float:
     """Accuracy on the task's test split, normalized with the training statistics of ``data``."""
-    x, y = data.prepare(test)
-    return evaluate(model, x, y)
+    return evaluate_batches(model, data.split_batches(test, EVAL_BATCH))

@@ -16,13 +16,12 @@ from typing import Any
 
 import optuna
 
-from search import spaces, tasks, workers
+from search import spaces, workers
 from search import study as studies
 from search.errors import SettingsError, SpaceError, StorageError
-from search.objective import hyperparameters
 from search.spaces import Space
-from search.tasks.data import DeviceData
-from search.train import pick_device
+from search.tasks import Task, placement, resolve
+from search.train import Hyperparameters, TrainingData, pick_device
 
 # Search settings fixed when a study is created; a resume that names a different one is refused.
 FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives")
@@ -51,6 +50,7 @@ class RunSettings:
     objectives: str | None = None  # comma-separated names from `search.study.OBJECTIVES`
     checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"  # shared by all workers of a study
     quiet: bool = False  # no line per trial, no progress bar (benchmarks print their own)
+    data_mode: str = "auto"  # resident on the device, streamed from the host, or auto by size
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,9 @@ class _Prepared:
     study: optuna.Study
     url: str
     space: Space
+    task: Task
     fixed: dict[str, Any]
-    data: DeviceData
+    data: TrainingData
     worker_devices: list[str | None]
     device: Any
 
@@ -141,6 +142,9 @@ def _worker_spec(ready: _Prepared, settings: RunSettings) -> workers.Worker:
         url=ready.url,
         space=ready.space.data,
         space_name=ready.space.name,
+        space_dir=str(ready.space.base_dir),
+        data_cache=None if ready.task.cache is None else str(ready.task.cache),
+        data_mode=ready.data.mode,  # decided once, so that every worker takes the same path
         fixed=ready.fixed,
         trials=0,
         target=settings.trials,
@@ -182,15 +186,25 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         if multi:
             echo(f"objectives {objectives}: pruning is off (Optuna's pruners need one objective)")
 
-    task = tasks.get(space.task)
+    task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
+    if existing is not None:
+        check_unchanged(existing, task)
     worker_devices = workers.devices(settings.device, list(settings.gpus), settings.jobs)
     for name_of_device in set(worker_devices):
         pick_device(name_of_device)  # every worker's device exists here
     device = pick_device(worker_devices[0])
-    data = workers.load_data(
-        task, space, settings.data_dir, settings.download, fixed["seed"], device
+    data = placement.load_data(
+        task,
+        space,
+        seed=fixed["seed"],
+        device=device,
+        mode=settings.data_mode,
+        data_dir=settings.data_dir,
+        download=settings.download,
+        processes=worker_devices.count(worker_devices[0]),
     )
     _check_batch_sizes(space, data.n_train)
+    resolve.check_model(task, space, data.examples(2))
 
     # Everything is checked: only now is a study created or changed.
     if existing is None:
@@ -211,10 +225,13 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
                 **fixed,
                 "space_name": space.name,
                 "space_source": space.source,
+                "space_dir": str(space.base_dir),
                 "task": space.task,
                 "model": space.model,
             },
         )
+        if task.fingerprint is not None:
+            study.set_user_attr(studies.FINGERPRINTS_ATTR, task.fingerprint)
         study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
         echo(
             f"created study {name} (space {space.source}, {fixed['sampler']} sampler, "
@@ -222,14 +239,14 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         )
     else:
         study = existing
-    return _Prepared(study, url, space, fixed, data, worker_devices, device)
+    return _Prepared(study, url, space, task, fixed, data, worker_devices, device)
 
 
 def _run_until_target(
     study: optuna.Study,
     spec: workers.Worker,
     worker_devices: list[str | None],
-    data: DeviceData,
+    data: TrainingData,
     settings: RunSettings,
 ) -> None:
     """Run worker quotas until the study has its target of finished trials.
@@ -278,6 +295,10 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--heartbeat must be at least 1 second, got {settings.heartbeat}")
     if settings.timeout is not None and settings.timeout <= 0:
         raise SettingsError(f"--timeout must be positive seconds, got {settings.timeout}")
+    if settings.data_mode not in placement.DATA_MODES:
+        raise SettingsError(
+            f"--data-mode {settings.data_mode!r}: choose one of {', '.join(placement.DATA_MODES)}"
+        )
     if settings.sampler is not None and settings.sampler not in studies.SAMPLERS:
         raise SettingsError(
             f"--sampler {settings.sampler!r}: unknown; choose one of {', '.join(studies.SAMPLERS)}"
@@ -345,9 +366,7 @@ def resume_settings(
             f"study {study.study_name} in {studies.describe(url)} was not created by search run"
         )
     stored = attrs[studies.SETTINGS_ATTR]
-    space = spaces.from_data(
-        attrs[studies.SPACE_ATTR], name=stored["space_name"], source=f"study {study.study_name}"
-    )
+    space = stored_space(study)
     if settings.space is not None:
         given = spaces.load(settings.space)
         changed = spaces.diff(space.data, given.data)
@@ -367,6 +386,30 @@ def resume_settings(
     return space, fixed
 
 
+def stored_space(study: optuna.Study) -> Space:
+    """The space a study was created with, its paths relative to the space file's folder."""
+    stored = study.user_attrs[studies.SETTINGS_ATTR]
+    return spaces.from_data(
+        study.user_attrs[studies.SPACE_ATTR],
+        name=stored["space_name"],
+        source=f"study {study.study_name}",
+        base_dir=Path(stored.get("space_dir", ".")),
+    )
+
+
+def check_unchanged(
+    study: optuna.Study, task: Task, new: str = "start a new study with --study NEW_NAME"
+) -> None:
+    """Refuse a study whose data or model code changed since it was created (as its recorded
+    fingerprints tell; studies of registered tasks record none)."""
+    stored = study.user_attrs.get(studies.FINGERPRINTS_ATTR)
+    if stored is None or task.fingerprint is None:
+        return
+    change = resolve.changed(stored, task.fingerprint)
+    if change:
+        raise SettingsError(f"study {study.study_name}: {change}; {new}")
+
+
 def _check_batch_sizes(space: Space, n_train: int) -> None:
     for param in space.params:
         if param.name == "batch_size":
@@ -377,7 +420,7 @@ def _check_batch_sizes(space: Space, n_train: int) -> None:
                     f"examples of task {space.task}"
                 )
             return
-    default = hyperparameters({})[0].batch_size
+    default = Hyperparameters().batch_size
     if default > n_train:
         raise SpaceError(
             f"{space.source}: the default batch size {default} exceeds the {n_train} training examples"

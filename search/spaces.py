@@ -1,9 +1,14 @@
 """Space files: TOML → validated `Space`; `Space.suggest(trial)` samples one configuration.
 
-A space file has a ``[task]`` table (task name, model family, epochs) and one ``[params.NAME]``
-table per sampled hyperparameter. A param with ``when = { optimizer = ["sgd"] }`` is sampled only
-when that earlier categorical param took one of the listed values. Hyperparameters a space does not
-sample keep the defaults of `search.train.Hyperparameters` (and the model's depth 1).
+A space file has a ``[task]`` table and one ``[params.NAME]`` table per sampled param. The task is
+either a registered one (``name = "mnist"``) or the user's own data (``data = "data/flowers"``, a
+folder, a .npz/.pt file or a ``FILE.py:NAME`` loader); the model is a built-in family or the
+user's own factory (``model = "models.py:build"``), with fixed ``[task.model_args]``. Paths are
+relative to the space file's folder. A param with ``when = { optimizer = ["sgd"] }`` is sampled
+only when that earlier categorical param took one of the listed values. Params the training loop
+takes (`search.train.Hyperparameters`) keep its defaults when a space leaves them out; every other
+param goes to the model factory. Nothing here reads the data or imports the user's code: that is
+`search.tasks.resolve`, which also checks the factory's signature.
 
 Every problem is reported as ``<file>: <key>: <what is wrong>, got <value>``.
 """
@@ -19,10 +24,10 @@ from typing import Any
 
 import optuna
 
-from search import tasks
+from search import references, tasks
 from search.errors import SearchError, SpaceError
-from search.tasks import models
-from search.train import OPTIMIZERS
+from search.tasks import factory, models
+from search.train import LOOP_PARAMS, OPTIMIZERS
 
 # Where shipped spaces live; `--space mnist` finds spaces/mnist.toml here or in ./spaces.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "spaces"
@@ -48,10 +53,25 @@ HYPERPARAMETERS: dict[str, Domain] = {
     "weight_decay": Domain(float, lambda v: v >= 0, "a non-negative number"),
     "depth": Domain(int, lambda v: v >= 1, "a positive integer"),
 }
+# Any other param goes to a model factory of the user's, which decides what its values mean.
+FACTORY_PARAM = Domain(object, lambda v: True, "any value")
 
 _TOP_KEYS = {"description", "task", "params"}
-_TASK_KEYS = {"name": str, "model": str, "epochs": int, "val_fraction": float}
-_REQUIRED_TASK_KEYS = ("name", "model", "epochs")
+_TASK_KEYS = {
+    "name": str,
+    "data": str,
+    "model": str,
+    "epochs": int,
+    "val_fraction": float,
+    "test_fraction": float,
+    "image_size": list,
+    "model_args": dict,
+}
+_REQUIRED_TASK_KEYS = ("model", "epochs")
+DEFAULT_TEST_FRACTION = 0.1  # of the user's training data, held out when it has no test split
+_NOT_A_KEYWORD = (
+    f"not a keyword argument a factory can take (the data gives {' and '.join(factory.DATA_ARGS)})"
+)
 _PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "step", "when"},
     "int": {"type", "low", "high", "log", "step", "when"},
@@ -78,9 +98,16 @@ class Space:
     Attributes:
         name: the file's stem; the default study name.
         source: where it was read from (a path, or ``study X`` for a stored space).
-        task, model, epochs, val_fraction: the ``[task]`` table.
+        task: the registered task's name, or the user's ``task.data`` as written.
+        model: a built-in family or a ``FILE.py:NAME`` / ``module:NAME`` factory reference.
+        epochs, val_fraction: the ``[task]`` table.
         params: the sampled hyperparameters in file order.
         data: the parsed file as plain data; stored on the study to detect a changed space.
+        base_dir: the folder that paths in ``[task]`` are relative to (the space file's).
+        data_ref: ``task.data``: None for a registered task.
+        model_args: fixed keyword arguments for the model factory.
+        image_size: (height, width) that folder images are resized to, if given.
+        test_fraction: share of the user's training data held out when it has no test split.
     """
 
     name: str
@@ -91,10 +118,57 @@ class Space:
     val_fraction: float
     params: tuple[Param, ...]
     data: dict[str, Any]
+    base_dir: Path = Path(".")
+    data_ref: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    test_fraction: float = DEFAULT_TEST_FRACTION
 
     @property
     def has_conditions(self) -> bool:
         return any(p.when for p in self.params)
+
+    @property
+    def user_data(self) -> bool:
+        return self.data_ref is not None
+
+    def extreme_configurations(self) -> list[dict[str, Any]]:
+        """Configurations at the ends of every param: all low (first choice), all high (last
+        choice), and each other choice of a categorical once; conditions respected. The model
+        is checked at each before a study is created."""
+
+        def pick(choose: Callable[[Param], Any]) -> dict[str, Any]:
+            sampled: dict[str, Any] = {}
+            for param in self.params:
+                if param.active(sampled):
+                    sampled[param.name] = choose(param)
+            return sampled
+
+        configurations = [
+            pick(lambda p: extremes(p.distribution)[0]),
+            pick(lambda p: extremes(p.distribution)[-1]),
+        ]
+        for param in self.params:
+            if isinstance(param.distribution, optuna.distributions.CategoricalDistribution):
+                for choice in param.distribution.choices[1:-1]:
+                    configurations.append(
+                        pick(
+                            lambda p, c=choice, n=param.name: (
+                                c if p.name == n else extremes(p.distribution)[0]
+                            )
+                        )
+                    )
+        return configurations
+
+    def absolute_task_table(self) -> dict[str, Any]:
+        """The ``[task]`` table with its paths made absolute, for a space written elsewhere
+        (an export's config.toml) that must still find the data and the model's code."""
+        table = dict(self.data["task"])
+        if "data" in table:
+            table["data"] = _absolute(table["data"], self.base_dir)
+        if not factory.is_builtin(table["model"]):
+            table["model"] = _absolute(table["model"], self.base_dir)
+        return table
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample every param whose condition holds, in file order."""
@@ -141,11 +215,12 @@ def load(name_or_path: str | Path | None = None) -> Space:
         raise SpaceError(f"{path}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"{path}: cannot read: {e}") from None
-    return from_data(data, name=path.stem, source=str(path))
+    return from_data(data, name=path.stem, source=str(path), base_dir=path.parent.resolve())
 
 
-def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
-    """Validate parsed space data (from a file, or as stored on a study)."""
+def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = Path(".")) -> Space:
+    """Validate parsed space data (from a file, or as stored on a study, whose file's folder
+    ``base_dir`` its paths are relative to)."""
 
     def fail(key: str, problem: str) -> SpaceError:
         return SpaceError(f"{source}: {key}: {problem}")
@@ -162,21 +237,50 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
     for key in task_table:
         if key not in _TASK_KEYS:
             raise fail(f"task.{key}", f"unknown key; [task] has {', '.join(_TASK_KEYS)}")
+    if ("name" in task_table) == ("data" in task_table):
+        raise fail(
+            "task",
+            "name a registered task (task.name) or your own data (task.data), exactly one of them"
+            + (
+                f", got both name={task_table['name']!r} and data={task_table['data']!r}"
+                if "name" in task_table
+                else ""
+            ),
+        )
     for key in _REQUIRED_TASK_KEYS:
         if key not in task_table:
             raise fail(f"task.{key}", "missing")
     for key, kind in _TASK_KEYS.items():
         if key in task_table and not _is(task_table[key], kind):
             raise fail(f"task.{key}", f"must be {_KIND_WORD[kind]}, got {task_table[key]!r}")
-    try:
-        task = tasks.get(task_table["name"])
-    except SearchError as e:
-        raise fail("task.name", str(e)) from None
     model = task_table["model"]
-    if model not in task.models:
+    data_ref = task_table.get("data")
+    if data_ref is None:
+        try:
+            task = tasks.get(task_table["name"])
+        except SearchError as e:
+            raise fail("task.name", str(e)) from None
+        if model not in task.models and not references.looks_like_reference(model):
+            raise fail(
+                "task.model",
+                f"task {task.name} has no model {model!r}; it has {', '.join(task.models)}, "
+                'or name a factory of your own like "models.py:build"',
+            )
+        task_name = task.name
+        for key in ("image_size", "test_fraction"):
+            if key in task_table:
+                raise fail(
+                    f"task.{key}", "only for your own data (task.data), not a registered task"
+                )
+    else:
+        if not data_ref.strip():
+            raise fail("task.data", "must name a folder, a .npz/.pt file or a FILE.py:NAME loader")
+        task_name = data_ref
+    if not factory.is_builtin(model) and not references.looks_like_reference(model):
         raise fail(
             "task.model",
-            f"task {task.name} has no model {model!r}; it has {', '.join(task.models)}",
+            f"{model!r} is neither a model family ({', '.join(models.FAMILIES)}) nor a "
+            'reference to your own factory like "models.py:build" or "pkg.module:build"',
         )
     epochs = task_table["epochs"]
     if epochs < 1:
@@ -184,6 +288,17 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
     val_fraction = float(task_table.get("val_fraction", 0.1))
     if not 0 < val_fraction < 1:
         raise fail("task.val_fraction", f"must be between 0 and 1, got {val_fraction}")
+    test_fraction = float(task_table.get("test_fraction", DEFAULT_TEST_FRACTION))
+    if not 0 < test_fraction < 1:
+        raise fail("task.test_fraction", f"must be between 0 and 1, got {test_fraction}")
+    image_size = _image_size(task_table, fail)
+    model_args = task_table.get("model_args", {})
+    for arg in model_args:
+        if not arg.isidentifier() or arg in factory.DATA_ARGS:
+            raise fail(
+                f"task.model_args.{arg}",
+                _NOT_A_KEYWORD,
+            )
 
     params_table = _table(data, "params", fail)
     if not params_table:
@@ -191,12 +306,11 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
     params: list[Param] = []
     for pname, spec in params_table.items():
         key = f"params.{pname}"
-        if pname not in HYPERPARAMETERS:
-            raise fail(key, f"unknown hyperparameter; known: {', '.join(HYPERPARAMETERS)}")
+        domain = _domain(pname, model, model_args, lambda p, k=key: fail(k, p))
         if not isinstance(spec, dict):
             raise fail(key, f"must be a table, got {spec!r}")
-        distribution = _distribution(spec, HYPERPARAMETERS[pname], lambda p, k=key: fail(k, p))
-        if pname == "depth":
+        distribution = _distribution(spec, domain, lambda p, k=key: fail(k, p))
+        if pname == "depth" and model in models.MAX_DEPTH:
             top = max(extremes(distribution))
             if top > models.MAX_DEPTH[model]:
                 raise fail(
@@ -208,21 +322,80 @@ def from_data(data: dict[str, Any], *, name: str, source: str) -> Space:
     return Space(
         name=name,
         source=source,
-        task=task.name,
+        task=task_name,
         model=model,
         epochs=epochs,
         val_fraction=val_fraction,
         params=tuple(params),
         data=data,
+        base_dir=base_dir,
+        data_ref=data_ref,
+        model_args=dict(model_args),
+        image_size=image_size,
+        test_fraction=test_fraction,
     )
 
 
-_KIND_WORD = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-_KIND_PLURAL = {str: "strings", int: "integers", float: "numbers"}
+def _domain(
+    name: str, model: str, model_args: dict[str, Any], fail: Callable[[str], SpaceError]
+) -> Domain:
+    """What values param ``name`` may take: the loop's own domains, or anything a factory takes."""
+    if name in HYPERPARAMETERS:
+        return HYPERPARAMETERS[name]
+    if factory.is_builtin(model):
+        raise fail(
+            f"unknown hyperparameter; the training loop takes {', '.join(LOOP_PARAMS)} and model "
+            f'{model} takes depth (a factory of your own, task.model = "models.py:build", '
+            "takes any param)"
+        )
+    if not name.isidentifier() or name in factory.DATA_ARGS:
+        raise fail(_NOT_A_KEYWORD)
+    if name in model_args:
+        raise fail("is also fixed in [task.model_args]; sample it or fix it, not both")
+    return FACTORY_PARAM
+
+
+def _image_size(
+    table: dict[str, Any], fail: Callable[[str, str], SpaceError]
+) -> tuple[int, int] | None:
+    if "image_size" not in table:
+        return None
+    size = table["image_size"]
+    if len(size) != 2 or not all(_is(v, int) and v >= 1 for v in size):
+        raise fail("task.image_size", f"must be [height, width] in pixels, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _absolute(text: str, base: Path) -> str:
+    """A path, or the file part of a ``FILE.py:NAME`` reference, made absolute against ``base``."""
+    if references.looks_like_reference(text):
+        reference = references.parse(text)
+        if not reference.is_file:
+            return text  # a module: found on the import path, not relative to anything
+        return f"{references.file_of(reference, base)}:{reference.name}"
+    return str((base / Path(text).expanduser()).resolve())
+
+
+_KIND_WORD = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+_KIND_PLURAL = {
+    str: "strings",
+    int: "integers",
+    float: "numbers",
+    object: "strings, numbers or booleans",
+}
 
 
 def _is(value: Any, kind: type) -> bool:
     """TOML type check; bools are not numbers, and integers are numbers."""
+    if kind is object:  # a factory's param: any scalar Optuna can store
+        return isinstance(value, bool | int | float | str)
     if isinstance(value, bool):
         return kind is bool
     if kind is float:

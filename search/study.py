@@ -41,6 +41,7 @@ MAX_RETRIES = 3  # times a trial whose worker died (or was interrupted) is run a
 SETTINGS_ATTR = "search.settings"
 SPACE_ATTR = "search.space"
 ENVIRONMENT_ATTR = "search.environment"
+FINGERPRINTS_ATTR = "search.fingerprints"  # the user's data and model code, to detect a change
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -23,13 +23,13 @@ from typing import Any
 import optuna
 import torch
 
-from search import spaces, target, tasks
+from search import spaces, target
 from search import study as studies
 from search.errors import SearchError, SettingsError, TrialFailure
 from search.objective import Objective
 from search.progress import TrialLog
-from search.tasks.data import DeviceData
-from search.train import pick_device
+from search.tasks import placement, resolve
+from search.train import TrainingData, pick_device
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Worker:
     url: str
     space: dict[str, Any]
     space_name: str
+    space_dir: str  # what the space's paths are relative to
+    data_cache: str | None  # the user's data, decoded once by the command that started this
+    data_mode: str  # resident or stream, decided once for all workers
     fixed: dict[str, Any]  # sampler, pruner, seed, epochs, objectives
     trials: int  # this worker's quota
     target: int  # the study's, for the progress bar
@@ -66,7 +69,7 @@ def devices(device: str | None, gpus: list[int] | None, jobs: int) -> list[str |
     return [f"cuda:{gpus[i % len(gpus)]}" for i in range(jobs)]
 
 
-def run_all(workers: list[Worker], first_data: DeviceData | None = None) -> None:
+def run_all(workers: list[Worker], first_data: TrainingData | None = None) -> None:
     """Run ``workers[0]`` here and the rest as spawned processes; wait for all of them."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be shared with a forked child
     others = [context.Process(target=_child, args=(w,), daemon=False) for w in workers[1:]]
@@ -87,16 +90,34 @@ def run_all(workers: list[Worker], first_data: DeviceData | None = None) -> None
         raise SearchError(f"worker {index} exited with status {code}; rerun to retry its trials")
 
 
-def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = False) -> None:
+def work(worker: Worker, data: TrainingData | None = None, *, show_bar: bool = False) -> None:
     """Run this worker's quota of trials on the study."""
     if worker.threads is not None:
         torch.set_num_threads(worker.threads)
-    space = spaces.from_data(worker.space, name=worker.space_name, source=f"study {worker.study}")
-    task = tasks.get(space.task)
+    space = spaces.from_data(
+        worker.space,
+        name=worker.space_name,
+        source=f"study {worker.study}",
+        base_dir=Path(worker.space_dir),
+    )
+    task = resolve.resolve(
+        space,
+        data_dir=worker.data_dir,
+        download=worker.download,
+        cache=None if worker.data_cache is None else Path(worker.data_cache),
+    )
     device = pick_device(worker.device)
     fixed = worker.fixed
     if data is None:
-        data = load_data(task, space, worker.data_dir, worker.download, fixed["seed"], device)
+        data = placement.load_data(
+            task,
+            space,
+            seed=fixed["seed"],
+            device=device,
+            mode=worker.data_mode,
+            data_dir=worker.data_dir,
+            download=worker.download,
+        )
 
     def connect() -> optuna.Study:
         storage = studies.open_storage(worker.url, create=False, heartbeat=worker.heartbeat)
@@ -157,21 +178,6 @@ def work(worker: Worker, data: DeviceData | None = None, *, show_bar: bool = Fal
             catch=(TrialFailure,),
             callbacks=[log],
         )
-
-
-def load_data(
-    task: tasks.Task,
-    space: spaces.Space,
-    data_dir: Path,
-    download: bool,
-    seed: int,
-    device: torch.device,
-) -> DeviceData:
-    """The task's training split on ``device``, with the study's seeded validation split."""
-    split = task.load(data_dir, download, True)
-    return DeviceData.from_split(
-        split, val_fraction=space.val_fraction, seed=seed, device=device, augment=task.augment
-    )
 
 
 def quotas(remaining: int, jobs: int) -> list[int]:

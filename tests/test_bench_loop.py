@@ -1,4 +1,5 @@
-"""`search bench loop` end to end on a small synthetic task: both loops, packed workers, JSON."""
+"""`search bench loop` end to end on a small synthetic task: both loops (the harness on resident and
+streamed data), packed workers, JSON."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def test_bench_loop_measures_both_loops_and_packed_workers(cli, tmp_path: Path) 
     payload = json.loads((tmp_path / "loop.json").read_text())
     rows = payload["rows"]
     assert [(r["loop"], r["batch_size"]) for r in rows] == [
-        (loop, batch) for batch in (32, 128) for loop in ("reference", "harness", "harness ×2")
+        (loop, batch)
+        for batch in (32, 128)
+        for loop in ("reference", "harness", "streaming", "harness ×2")
     ]
     for row in rows:
         assert row["images_per_second"] > 0

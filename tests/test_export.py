@@ -75,9 +75,7 @@ def test_export_reproduces_the_best_trial_and_every_file_predicts_like_the_model
     batch = tasks.get("digits").load(None, False, False).images[64:128].float()
     with torch.inference_mode():
         expected = exported.model(batch)
-        from_state = load_model(
-            study_dir / "models/best", spaces.load(study_dir / "tiny.toml"), study.best_trial.params
-        )(batch)
+        from_state = load_model(study_dir / "models/best")(batch)
         scripted = torch.jit.load(study_dir / "models/best/model.torchscript.pt")(batch)
     session = onnxruntime.InferenceSession(str(study_dir / "models/best/model.onnx"))
     onnx = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])

@@ -12,6 +12,7 @@ from search import spaces, tasks
 from search import study as studies
 from search.errors import SettingsError, StorageError, TrialFailure
 from search.objective import Objective
+from search.tasks import resolve
 from search.tasks.data import DeviceData
 
 
@@ -133,7 +134,7 @@ def digits_data() -> DeviceData:
 
 def _objective(space_path: Path, data: DeviceData, epochs: int = 3) -> Objective:
     space = spaces.load(space_path)
-    return Objective(space, tasks.get(space.task), data, epochs=epochs, seed=0)
+    return Objective(space, resolve.resolve(space), data, epochs=epochs, seed=0)
 
 
 def test_a_bad_configuration_is_pruned_and_costs_are_recorded(

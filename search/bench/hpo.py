@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import optuna
 
-from search import spaces, tasks
+from search import spaces
 from search import study as studies
 from search.bench import curves
 from search.errors import SearchError, SettingsError
-from search.tasks import models
+from search.tasks import resolve
 
 TEST_ACCURACY_ATTR = "search.test_accuracy"
 REFERENCE = ("random", "none")
@@ -152,7 +152,8 @@ def check(settings: HpoSettings) -> None:
     if settings.epochs is not None and settings.epochs < 1:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
     space = spaces.load(settings.space)
-    tasks.get(space.task).load(settings.data_dir, False, True)  # TaskError naming missing files
+    task = resolve.resolve(space, data_dir=settings.data_dir)
+    task.load(settings.data_dir, False, True)  # TaskError naming missing files
 
 
 def run(settings: HpoSettings, echo: Any = print) -> Comparison:
@@ -259,17 +260,18 @@ def _warm_up(settings: HpoSettings) -> None:
     """Train briefly before any timed trial: a process's first training step pays one-time costs
     (measured on the CPU: about 1.3 s more for its first trial), which would otherwise be charged
     to whichever strategy's study a process happens to run first."""
-    from search import workers
-    from search.objective import hyperparameters
-    from search.train import fit, pick_device
+    from search.tasks import placement
+    from search.train import LOOP_PARAMS, fit, pick_device, split_params
 
     space = spaces.load(settings.space)
-    task = tasks.get(space.task)
-    data = workers.load_data(task, space, settings.data_dir, False, 0, pick_device(settings.device))
-    largest = {p.name: max(spaces.extremes(p.distribution)) for p in space.params}
-    hp, depth = hyperparameters({k: largest[k] for k in ("batch_size", "depth") if k in largest})
-    model = models.build(space.model, depth, task.input_shape, task.num_classes)
-    fit(model, data, hp, epochs=1, seed=0)
+    task = resolve.resolve(space, data_dir=settings.data_dir)
+    data = placement.load_data(
+        task, space, seed=0, device=pick_device(settings.device), data_dir=settings.data_dir
+    )
+    # The largest batch and model the space allows, with the loop's other settings at defaults.
+    largest = space.extreme_configurations()[1]
+    params = {k: v for k, v in largest.items() if k == "batch_size" or k not in LOOP_PARAMS}
+    fit(task.build_model(params), data, split_params(params)[0], epochs=1, seed=0)
 
 
 def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
@@ -309,14 +311,13 @@ def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> 
 
 
 def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
-    from search import retrain, workers
+    from search import retrain, runner
+    from search.tasks import placement
     from search.train import pick_device
 
     stored = study.user_attrs[studies.SETTINGS_ATTR]
-    space = spaces.from_data(
-        study.user_attrs[studies.SPACE_ATTR], name=stored["space_name"], source=study.study_name
-    )
-    task = tasks.get(space.task)
+    space = runner.stored_space(study)
+    task = resolve.resolve(space, data_dir=settings.data_dir)
     candidates = [
         t for t in study.get_trials(deepcopy=False) if studies.trial_result(t) is not None
     ]
@@ -324,9 +325,10 @@ def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
         return
     best = max(candidates, key=studies.trial_result)
     device = pick_device(settings.device)
-    data = workers.load_data(task, space, settings.data_dir, False, stored["seed"], device)
+    data = placement.load_data(
+        task, space, seed=stored["seed"], device=device, data_dir=settings.data_dir
+    )
     again = retrain.retrain(
-        space,
         task,
         data,
         best.params,

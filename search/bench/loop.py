@@ -5,8 +5,11 @@ PIL image at a time through torchvision's ``ToTensor`` and ``Normalize`` (and ``
 ``RandomHorizontalFlip`` where the task augments), a ``DataLoader`` with two worker processes, and
 ``loss.item()`` after every step. The harness is `search.train.fit` on device-resident data. Both
 train the same model family and depth with the same optimizer for the same number of full batches,
-in one process and one run, after a few untimed warm-up steps each. Then ``--workers N`` runs N
-harness processes at once and adds up their images/s.
+in one process and one run, after a few untimed warm-up steps each. The harness runs twice: on
+device-resident data and on data streamed from the host (`search.tasks.streaming`). Then
+``--workers N`` runs N harness processes at once and adds up their images/s. With ``--space`` the
+data and model are a space's (the user's own: its model factory at the low end of every param),
+and the first read of the data (decoding it) is timed against a read from the cache.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import multiprocessing
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,11 +27,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search import tasks
+from search import spaces, tasks
 from search.errors import Diverged, SettingsError
-from search.tasks import models
+from search.tasks import factory, resolve, user_data
 from search.tasks.data import DeviceData
-from search.train import EpochResult, Hyperparameters, evaluate, fit, make_optimizer, pick_device
+from search.tasks.streaming import StreamingData
+from search.train import (
+    LOOP_PARAMS,
+    EpochResult,
+    Hyperparameters,
+    TrainingData,
+    evaluate,
+    fit,
+    make_optimizer,
+    pick_device,
+)
 
 WARMUP_STEPS = 5
 
@@ -43,11 +57,12 @@ class LoopSettings:
     examples: int | None = None  # the first N training examples (all by default)
     device: str | None = None
     data_dir: Path = Path("data")
+    space: str | None = None  # a space's task and model instead of --task/--model/--depth
 
 
 @dataclass(frozen=True)
 class Row:
-    loop: str  # "reference", "harness", "harness ×N"
+    loop: str  # "reference", "harness", "streaming", "harness ×N"
     batch_size: int
     seconds_per_epoch: float
     images_per_second: float
@@ -56,14 +71,12 @@ class Row:
 
 def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
     """Measure every batch size; return the device's name and the rows of the table."""
-    task = tasks.get(settings.task)
-    if settings.model not in task.models:
-        raise SettingsError(
-            f"--model {settings.model}: task {task.name} has {', '.join(task.models)}"
-        )
     if settings.epochs < 1 or min(settings.batch_sizes, default=0) < 1:
         raise SettingsError("--epochs and every --batch-sizes value must be at least 1")
-    models.build(settings.model, settings.depth, task.input_shape, task.num_classes)  # depth valid
+    task, params = _task(settings)
+    task.build_model(params)  # a model of these params builds
+    if settings.space is not None:
+        _time_reads(spaces.load(settings.space), echo)
     split = _split(task, settings)
     if not pil_readable(split.images):
         raise SettingsError(
@@ -83,23 +96,73 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
         if device.type == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
+    streamed = StreamingData.from_split(
+        split, val_fraction=0.01, seed=0, device=device, augment=task.augment
+    )
+    model_args = ", ".join(f"{k}={v!r}" for k, v in task.model.kwargs(params).items())
     echo(
-        f"bench loop: task {task.name} ({task.description}), model {settings.model} depth "
-        f"{settings.depth}, {data.n_train} training images, {settings.epochs} epoch(s), on {name}"
+        f"bench loop: task {task.name} ({task.description}), model {task.model.reference} "
+        f"({model_args}), {data.n_train} training images, {settings.epochs} epoch(s), on {name}"
     )
     rows: list[Row] = []
     for batch_size in settings.batch_sizes:
         hp = Hyperparameters(batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9)
-        reference = _reference(task, settings, split, data, hp, device)
+        reference = _reference(task, params, settings, split, data, hp, device)
         rows.append(Row("reference", batch_size, *reference, 1.0))
-        harness = _harness(task, settings, data, hp)
+        harness = _harness(task, params, settings, data, hp)
         rows.append(Row("harness", batch_size, *harness, harness[1] / reference[1]))
+        streaming = _harness(task, params, settings, streamed, hp)
+        rows.append(Row("streaming", batch_size, *streaming, streaming[1] / reference[1]))
         for n in settings.workers:
             total = _packed(settings, n, batch_size)
             rows.append(Row(f"harness ×{n}", batch_size, float("nan"), total, total / reference[1]))
-        for row in rows[-2 - len(settings.workers) :]:
+        for row in rows[-3 - len(settings.workers) :]:
             echo(f"  {format_row(row)}")
     return name, rows
+
+
+def _task(settings: LoopSettings) -> tuple[tasks.Task, dict[str, Any]]:
+    """The task with its model factory, and the params its model is built with."""
+    if settings.space is not None:
+        space = spaces.load(settings.space)
+        task = resolve.resolve(space, data_dir=settings.data_dir)
+        low = space.extreme_configurations()[0]
+        return task, {k: v for k, v in low.items() if k not in LOOP_PARAMS}
+    task = tasks.get(settings.task)
+    if settings.model not in task.models:
+        raise SettingsError(
+            f"--model {settings.model}: task {task.name} has {', '.join(task.models)}"
+        )
+    return task.with_model(factory.resolve(settings.model, {}, Path("."))), {
+        "depth": settings.depth
+    }
+
+
+def _time_reads(space: spaces.Space, echo: Any) -> None:
+    """The user's data decoded from its files (into a fresh cache) against read from the cache."""
+    if not space.user_data:
+        return
+    with tempfile.TemporaryDirectory(prefix="search-bench-cache-") as folder:
+        start = time.perf_counter()
+        first = user_data.read(
+            space.data_ref,
+            space.base_dir,
+            image_size=space.image_size,
+            test_fraction=space.test_fraction,
+            cache_dir=Path(folder),
+        )
+        decoded = time.perf_counter() - start
+        start = time.perf_counter()
+        again = user_data.open_cached(first.cache)
+        for split in (again.train, again.val, again.test):
+            if split is not None:
+                split.images.sum()  # every page of the memory-mapped file read
+        cached = time.perf_counter() - start
+    n = sum(first.fingerprint["examples"].values())
+    echo(
+        f"data {space.data_ref}: {n:,} examples; first read {decoded:.2f} s "
+        f"({n / decoded:,.0f} examples/s), cached read {cached:.3f} s ({decoded / cached:,.0f}× faster)"
+    )
 
 
 def _split(task: tasks.Task, settings: LoopSettings) -> tasks.Split:
@@ -109,23 +172,28 @@ def _split(task: tasks.Task, settings: LoopSettings) -> tasks.Split:
     return tasks.Split(split.images[: settings.examples], split.labels[: settings.examples])
 
 
-def _build(task: tasks.Task, settings: LoopSettings) -> torch.nn.Module:
+def _build(task: tasks.Task, params: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(0)
-    return models.build(settings.model, settings.depth, task.input_shape, task.num_classes)
+    return task.build_model(params)
 
 
 def _harness(
-    task: tasks.Task, settings: LoopSettings, data: DeviceData, hp: Hyperparameters
+    task: tasks.Task,
+    params: dict[str, Any],
+    settings: LoopSettings,
+    data: TrainingData,
+    hp: Hyperparameters,
 ) -> tuple[float, float]:
     n = hp.batch_size * WARMUP_STEPS + 2
+    # A few untimed steps on a small resident copy (the labels do not matter to a warm-up).
     warm = DeviceData.from_split(
-        tasks.Split(data.train_x[:n].cpu(), data.train_y[:n].cpu()),
+        tasks.Split(data.examples(n), torch.zeros(n, dtype=torch.int64)),
         val_fraction=0.01,
         seed=0,
         device=data.device,
     )
-    fit(_build(task, settings), warm, hp, epochs=1, seed=0)
-    history = fit(_build(task, settings), data, hp, epochs=settings.epochs, seed=0)
+    fit(_build(task, params), warm, hp, epochs=1, seed=0)
+    history = fit(_build(task, params), data, hp, epochs=settings.epochs, seed=0)
     images_per_second = sum(r.images_per_second for r in history) / len(history)
     steps = data.n_train // hp.batch_size
     return steps * hp.batch_size / images_per_second, images_per_second
@@ -133,6 +201,7 @@ def _harness(
 
 def _reference(
     task: tasks.Task,
+    params: dict[str, Any],
     settings: LoopSettings,
     split: tasks.Split,
     data: DeviceData,
@@ -140,7 +209,7 @@ def _reference(
     device: torch.device,
 ) -> tuple[float, float]:
     dataset = _TutorialDataset(split, data.n_train, data.mean, data.std, task.augment)
-    model = _build(task, settings).to(device)
+    model = _build(task, params).to(device)
     optimizer = make_optimizer(hp, model.parameters())
     loader = _tutorial_loader(dataset, hp.batch_size, device)
     model.train()
@@ -306,13 +375,13 @@ def _one_worker(settings: LoopSettings, batch_size: int, n: int, ready: Any, res
     device = pick_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-    task = tasks.get(settings.task)
+    task, params = _task(settings)
     data = DeviceData.from_split(
         _split(task, settings), val_fraction=0.01, seed=0, device=device, augment=task.augment
     )
     hp = Hyperparameters(batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9)
     ready.wait()  # every process loaded and on its device: start training together
-    results.put(_harness(task, settings, data, hp)[1])
+    results.put(_harness(task, params, settings, data, hp)[1])
 
 
 def format_row(row: Row) -> str:

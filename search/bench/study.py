@@ -19,11 +19,12 @@ from typing import Any
 
 import optuna
 
-from search import spaces, tasks, workers
+from search import spaces
 from search import study as studies
 from search.bench.loop import pil_readable, reference_fit
 from search.errors import SettingsError, TrialFailure
 from search.objective import Objective
+from search.tasks import placement, resolve
 from search.train import fit, pick_device
 
 
@@ -53,9 +54,12 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
     if settings.trials < 1:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
     space = spaces.load(settings.space)
-    task = tasks.get(space.task)
+    task = resolve.resolve(space, data_dir=settings.data_dir)
     device = pick_device(settings.device)
-    data = workers.load_data(task, space, settings.data_dir, False, settings.seed, device)
+    # The reference loop reads the resident tensors back as PIL images: both studies use them.
+    data = placement.load_data(
+        task, space, seed=settings.seed, device=device, mode="resident", data_dir=settings.data_dir
+    )
     if not pil_readable(data.train_x):
         raise SettingsError(
             f"--space {settings.space}: task {task.name} has no PIL-readable images"

@@ -6,14 +6,16 @@ on a hand-computed spatial size: each depth builds on each input shape.
 - ``mlp``: ``depth`` hidden layers of 256 units.
 - ``cnn``: ``depth`` conv blocks (3×3 conv, batch norm, ReLU); a block halves the spatial size with a
   2×2 max pool while the feature map is at least 2×2, so deep nets on 8×8 digits stay valid.
-- ``cnn1d``: the same blocks in one dimension (kernel 5, pool 2), for signals stored as 1×1×L
-  images (MNIST-1D).
+- ``cnn1d``: the same blocks in one dimension (kernel 5, pool 2), for C×L sequences or signals
+  stored as C×1×L images (MNIST-1D).
 - ``resnet``: the CIFAR ResNet of He et al. (2016): three stages of 16/32/64 channels with
   ``depth`` basic blocks each (depth 3 = ResNet-20). Blocks add an identity shortcut; the first
   block of stages 2 and 3 halves the size and uses a 1×1 projection shortcut there only.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -25,22 +27,64 @@ MAX_DEPTH = {"mlp": 8, "cnn": 8, "cnn1d": 6, "resnet": 9}
 FAMILIES = tuple(MAX_DEPTH)
 
 
-def build(
-    family: str, depth: int, input_shape: tuple[int, int, int], num_classes: int
-) -> nn.Module:
+def build(family: str, depth: int, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build a model of ``family`` with ``depth`` units of depth for the given input shape."""
     if family not in MAX_DEPTH:
         raise TaskError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    return FACTORIES[family](input_shape=input_shape, num_classes=num_classes, depth=depth)
+
+
+# The families as model factories, called the way a user's own factory is: keyword arguments
+# only, the input shape and class count from the data, and every sampled param the training loop
+# does not take (for the families: depth alone).
+
+
+def mlp(*, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> nn.Module:
+    _check_depth("mlp", depth)
+    return MLP(math.prod(input_shape), depth, num_classes)
+
+
+def cnn(*, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> nn.Module:
+    _check_depth("cnn", depth)
+    channels, height, width = _image_shape("cnn", input_shape)
+    return CNN(channels, min(height, width), depth, num_classes)
+
+
+def cnn1d(*, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> nn.Module:
+    _check_depth("cnn1d", depth)
+    if len(input_shape) == 2:  # C×L sequences
+        return CNN1d(input_shape[0], input_shape[1], depth, num_classes, flatten=False)
+    if len(input_shape) == 3:  # signals stored as C×H×L images: the rows become channels
+        return CNN1d(input_shape[0] * input_shape[1], input_shape[2], depth, num_classes)
+    raise TaskError(
+        f"model cnn1d needs sequences C×L (or C×1×L), the data has shape {_shape(input_shape)}"
+    )
+
+
+def resnet(*, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> nn.Module:
+    _check_depth("resnet", depth)
+    channels, _, _ = _image_shape("resnet", input_shape)
+    return ResNet(channels, depth, num_classes)
+
+
+FACTORIES = {"mlp": mlp, "cnn": cnn, "cnn1d": cnn1d, "resnet": resnet}
+
+
+def _check_depth(family: str, depth: int) -> None:
     if not 1 <= depth <= MAX_DEPTH[family]:
         raise TaskError(f"model {family}: depth must be in 1..{MAX_DEPTH[family]}, got {depth}")
-    channels, height, width = input_shape
-    if family == "mlp":
-        return MLP(channels * height * width, depth, num_classes)
-    if family == "cnn":
-        return CNN(channels, min(height, width), depth, num_classes)
-    if family == "cnn1d":
-        return CNN1d(channels * height, width, depth, num_classes)
-    return ResNet(channels, depth, num_classes)
+
+
+def _image_shape(family: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise TaskError(
+            f"model {family} needs images C×H×W, the data has shape {_shape(input_shape)}"
+        )
+    return input_shape  # type: ignore[return-value]
+
+
+def _shape(input_shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in input_shape)
 
 
 class MLP(nn.Sequential):
@@ -71,8 +115,10 @@ class CNN(nn.Sequential):
 
 
 class CNN1d(nn.Sequential):
-    def __init__(self, channels: int, length: int, depth: int, num_classes: int) -> None:
-        layers: list[nn.Module] = [nn.Flatten(1, 2)]  # N×C×1×L → N×C×L
+    def __init__(
+        self, channels: int, length: int, depth: int, num_classes: int, flatten: bool = True
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten(1, 2)] if flatten else []  # N×C×1×L → N×C×L
         for i in range(depth):
             width = 32 * 2 ** min(i, 2)
             layers += [

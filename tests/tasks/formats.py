@@ -70,3 +70,34 @@ def write_cifar10(root: Path, per_batch: int, seed: int = 0) -> dict[str, str]:
 def _dump(path: Path, entry: dict) -> str:
     path.write_bytes(pickle.dumps(entry, protocol=2))
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def digits(n: int | None = None, colour: bool = False, size: int = 8):
+    """scikit-learn's digits as uint8 N×C×H×W images (0..255) and labels; ``size`` upscales."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images * (255 / 16)).round().to(torch.uint8)[:n].unsqueeze(1)
+    if size != 8:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size)).to(torch.uint8)
+    if colour:  # ink in red and green, none in blue: three channels that differ
+        images = torch.cat([images, images // 2, torch.zeros_like(images)], dim=1)
+    return images, torch.from_numpy(bunch.target[:n]).long()
+
+
+def write_image_folder(root: Path, images, labels, names: tuple[str, ...] | None = None) -> Path:
+    """torchvision's ImageFolder layout: ``root/CLASS/NNNN.png``, one 8-bit PNG per image."""
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        folder = root / (names[label] if names else str(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_png(image, folder / f"{i:04d}.png")
+    return root
+
+
+def write_png(image, path: Path) -> None:
+    """A uint8 C×H×W tensor as an 8-bit grayscale or RGB PNG file."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)

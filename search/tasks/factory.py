@@ -1,0 +1,191 @@
+"""Model factories: what a space's ``task.model`` names, checked before a study exists.
+
+A factory is any callable that takes keyword arguments only and returns an ``nn.Module``:
+``input_shape`` and ``num_classes`` from the data, every sampled param the training loop does not
+take (see `search.train.split_params`), and the space's fixed ``[task.model_args]``. The built-in
+families (``cnn``, ``mlp``, ``resnet``, ``cnn1d``) are factories of this shape too, so one
+`ModelFactory` builds every model the harness trains.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from search import references
+from search.errors import TaskError
+from search.tasks import models
+from search.train import split_params
+
+# What a factory always gets from the data, whatever the space samples.
+DATA_ARGS = ("input_shape", "num_classes")
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """A resolved ``task.model``.
+
+    Attributes:
+        reference: as the space names it: a family (``cnn``) or ``models.py:build``.
+        fn: the callable.
+        model_args: fixed keyword arguments (``[task.model_args]``).
+    """
+
+    reference: str
+    fn: Callable[..., Any]
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return is_builtin(self.reference)
+
+    def kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What the factory gets from a trial's params, besides the data's shape and classes."""
+        return {**self.model_args, **split_params(params)[1]}
+
+    def build(
+        self, params: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
+    ) -> nn.Module:
+        return self.fn(
+            input_shape=tuple(input_shape), num_classes=num_classes, **self.kwargs(params)
+        )
+
+    def size(self, params: dict[str, Any]) -> dict[str, float]:
+        """The numeric arguments a model is built with, defaults included (``depth`` 1 for a
+        family), by which the objective tells that one configuration is at least as large as
+        another that ran out of memory."""
+        given = self.kwargs(params)
+        try:
+            bound = inspect.signature(self.fn).bind_partial(**given)
+            bound.apply_defaults()
+            given = dict(bound.arguments)
+        except (TypeError, ValueError):
+            pass
+        return {
+            name: value
+            for name, value in given.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+
+
+def is_builtin(reference: str) -> bool:
+    """Whether ``task.model`` names a built-in family rather than the user's own factory."""
+    return reference in models.FACTORIES
+
+
+def resolve(reference: str, model_args: dict[str, Any], base: Any) -> ModelFactory:
+    """A family by name, or the callable a ``FILE.py:NAME`` / ``module:NAME`` reference names."""
+    if reference in models.FACTORIES:
+        return ModelFactory(reference, models.FACTORIES[reference], dict(model_args))
+    return ModelFactory(reference, references.load(reference, base), dict(model_args))
+
+
+def check_signature(
+    fn: Callable[..., Any], given: Iterable[str], always: Iterable[str], name: str
+) -> None:
+    """That ``fn`` accepts every keyword in ``given`` and needs none beyond ``always``.
+
+    Raises:
+        TaskError: naming the arguments it cannot take or would miss.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: calling it is the only check
+    parameters = signature.parameters.values()
+    keywords = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    has = ", ".join(p.name for p in parameters) or "none"
+    unknown = [n for n in given if n not in keywords] if not takes_any else []
+    if unknown:
+        raise TaskError(
+            f"{name} cannot take {', '.join(unknown)} (its parameters: {has}); add "
+            f"{'them' if len(unknown) > 1 else 'it'} to its signature or leave "
+            f"{'them' if len(unknown) > 1 else 'it'} out of the space"
+        )
+    always = set(always)
+    required = [
+        p.name
+        for p in parameters
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in always
+    ]
+    if required:
+        raise TaskError(
+            f"{name} requires {', '.join(required)}, which the space does not always give it; "
+            "give each a default, sample it, or set it in [task.model_args]"
+        )
+
+
+def check_builds(
+    factory: ModelFactory,
+    configurations: list[dict[str, Any]],
+    examples: torch.Tensor,
+    num_classes: int,
+) -> None:
+    """Build the model at each configuration and run it on ``examples`` (two real training
+    examples, on the CPU), forward and backward in training mode: the output must be
+    ``(len(examples), num_classes)`` logits.
+
+    Raises:
+        TaskError: the factory or forward pass raised, or the output is not such logits.
+    """
+    input_shape = tuple(examples.shape[1:])
+    seen: list[dict[str, Any]] = []
+    for params in configurations:
+        args = factory.kwargs(params)
+        if args in seen:
+            continue
+        seen.append(args)
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "no params"
+        with torch.random.fork_rng(devices=[]):  # leave the study's random state as it was
+            try:
+                model = factory.build(params, input_shape, num_classes)
+            except TaskError as e:
+                raise TaskError(f"{factory.reference} with {shown}: {e}") from None
+            except Exception as e:
+                raise TaskError(
+                    f"{factory.reference} raised building the model with {shown}: "
+                    f"{references.failure_line(e)}"
+                ) from None
+            if not isinstance(model, nn.Module):
+                raise TaskError(
+                    f"{factory.reference} returned {type(model).__name__!r} with {shown}, "
+                    "not a torch.nn.Module"
+                )
+            if not any(p.requires_grad for p in model.parameters()):
+                raise TaskError(
+                    f"{factory.reference} with {shown}: the model has no parameters to train"
+                )
+            model.train()
+            try:
+                out = model(examples)
+                if isinstance(out, torch.Tensor) and out.requires_grad:
+                    out.float().sum().backward()
+            except Exception as e:
+                raise TaskError(
+                    f"{factory.reference} with {shown}: the forward pass on 2 training examples "
+                    f"of shape {_shape(input_shape)} raised {references.failure_line(e)}"
+                ) from None
+        expected = (len(examples), num_classes)
+        if not isinstance(out, torch.Tensor):
+            raise TaskError(
+                f"{factory.reference} with {shown}: the model returned {type(out).__name__!r}, "
+                f"not a tensor of logits of shape {expected}"
+            )
+        if tuple(out.shape) != expected:
+            raise TaskError(
+                f"{factory.reference} with {shown}: the model's output has shape "
+                f"{tuple(out.shape)} on {len(examples)} examples; expected {expected}, one logit "
+                f"for each of the data's {num_classes} classes"
+            )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in shape)
