@@ -18,7 +18,7 @@ from search.errors import (
 )
 
 _LAZY = {
-    "run": "search.runner",
+    "run": "search.api",
     "RunSettings": "search.runner",
     "RunResult": "search.runner",
     "Objective": "search.objective",
