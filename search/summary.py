@@ -18,8 +18,10 @@ def state_counts(study: optuna.Study) -> str:
     """``12 finished (8 complete, 3 pruned, 1 failed: diverged); 1 running``."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
+    # A retry clears the reason it inherited (None) before it records its own: one killed between
+    # the two is a plain error, like any trial that died without saying why.
     reasons = Counter(
-        t.user_attrs.get("fail_reason", "error") for t in trials if t.state == TrialState.FAIL
+        t.user_attrs.get("fail_reason") or "error" for t in trials if t.state == TrialState.FAIL
     )
     finished = sum(studies.is_finished(t) for t in trials)
     text = (

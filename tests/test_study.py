@@ -208,3 +208,16 @@ def test_sampler_seeds_differ_by_worker_and_by_resume() -> None:
     seeds = {studies.sampler_seed(0, w, n) for w in range(16) for n in (0, 10, 100)}
     assert len(seeds) == 48
     assert studies.sampler_seed(0, 0, 0) == studies.sampler_seed(0, 0, 0)
+
+
+def test_state_counts_name_a_failure_without_a_reason_an_error() -> None:
+    """A retry killed between clearing its inherited reason (None) and recording its own."""
+    from optuna.trial import TrialState, create_trial
+
+    from search.summary import state_counts
+
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": None}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "diverged"}))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    assert state_counts(study) == "1 finished (0 complete, 0 pruned, 3 failed: 1 diverged, 2 error)"
