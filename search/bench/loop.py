@@ -142,6 +142,8 @@ def _time_reads(space: spaces.Space, echo: Any) -> None:
     """The user's data decoded from its files (into a fresh cache) against read from the cache."""
     if not space.user_data:
         return
+    import torchvision  # noqa: F401  (a one-time import, not part of reading the data)
+
     with tempfile.TemporaryDirectory(prefix="search-bench-cache-") as folder:
         start = time.perf_counter()
         first = user_data.read(

@@ -77,8 +77,7 @@ def read(
             )
         samples[split] = found
     every = [path for found in samples.values() for path, _ in found]
-    images = _decode_all(every, shown)
-    stacked = _stack(images, every, image_size, shown)
+    stacked = _stack(_decode_all(every, shown, image_size), every, shown)
     parts: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"val": None, "test": None}
     start = 0
     for split, found in samples.items():
@@ -134,64 +133,52 @@ class _Shown:
         return self.text if relative == Path(".") else f"{self.text}/{relative}"
 
 
-def _decode_all(paths: list[str], shown: _Shown) -> list[torch.Tensor]:
-    # PIL's decoders release the GIL: threads use every core.
+def _decode_all(
+    paths: list[str], shown: _Shown, image_size: tuple[int, int] | None
+) -> list[torch.Tensor]:
+    # PIL's decoders and resizing release the GIL: threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _decode(p, shown), paths))
+        return list(pool.map(lambda p: _decode(p, shown, image_size), paths))
 
 
-def _decode(path: str, shown: _Shown) -> torch.Tensor:
-    """One image as uint8 C×H×W: one channel for grayscale, three for anything else (alpha and
-    palettes dropped), as torchvision's own folder loader opens it (PIL) but without forcing RGB."""
+def _decode(path: str, shown: _Shown, image_size: tuple[int, int] | None) -> torch.Tensor:
+    """One image as uint8 C×H×W, resized to ``image_size`` if given: one channel for grayscale,
+    three for anything else (alpha and palettes dropped), opened by PIL as torchvision's own
+    folder loader opens it, but without forcing RGB."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
     try:
         with Image.open(path) as image:
-            gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
             if image.mode in ("I", "I;16", "F"):  # 16-bit or float grayscale: scaled to 8 bits
                 array = np.asarray(image, dtype=np.float64)
                 top = 65535.0 if image.mode != "F" else max(float(array.max()), 1.0)
-                return torch.from_numpy((array * (255.0 / top)).round().astype(np.uint8))[None]
-            return pil_to_tensor(image.convert("L" if gray else "RGB"))
+                image = Image.fromarray((array * (255.0 / top)).round().astype(np.uint8))
+            image = image.convert("L" if image.mode in ("1", "L", "LA") else "RGB")
+            if image_size is not None and image.size != (image_size[1], image_size[0]):
+                # As torchvision's Resize does a PIL image: bilinear, antialiased when shrinking.
+                image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+            return pil_to_tensor(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise TaskError(
             f"cannot decode image {shown(path)}: {_first_line(e).replace(path, shown(path))}"
         ) from None
 
 
-def _stack(
-    images: list[torch.Tensor],
-    paths: list[str],
-    image_size: tuple[int, int] | None,
-    shown: _Shown,
-) -> torch.Tensor:
-    """One uint8 N×C×H×W tensor: grayscale if every image is, else RGB; resized if asked."""
-    colour = any(image.shape[0] >= 3 for image in images)
-    channels = 3 if colour else 1
-    if image_size is None:
-        sizes = {tuple(image.shape[1:]) for image in images}
-        if len(sizes) > 1:
-            first = tuple(images[0].shape[1:])
-            odd = next(i for i, image in enumerate(images) if tuple(image.shape[1:]) != first)
-            raise TaskError(
-                f"images of different sizes: {shown(paths[0])} is {first[0]}×{first[1]} and "
-                f"{shown(paths[odd])} is {images[odd].shape[1]}×{images[odd].shape[2]}; set "
-                "task.image_size = [height, width] to resize them as they are read"
-            )
-        height, width = images[0].shape[1:]
-    else:
-        height, width = image_size
-    out = torch.empty((len(images), channels, height, width), dtype=torch.uint8)
+def _stack(images: list[torch.Tensor], paths: list[str], shown: _Shown) -> torch.Tensor:
+    """One uint8 N×C×H×W tensor: grayscale if every image is, else RGB."""
+    first = tuple(images[0].shape[1:])
+    odd = next((i for i, image in enumerate(images) if tuple(image.shape[1:]) != first), None)
+    if odd is not None:
+        raise TaskError(
+            f"images of different sizes: {shown(paths[0])} is {first[0]}×{first[1]} and "
+            f"{shown(paths[odd])} is {images[odd].shape[1]}×{images[odd].shape[2]}; set "
+            "task.image_size = [height, width] to resize them as they are read"
+        )
+    channels = 3 if any(image.shape[0] == 3 for image in images) else 1
+    out = torch.empty((len(images), channels, *first), dtype=torch.uint8)
     for i, image in enumerate(images):
-        image = image[:3] if image.shape[0] >= 3 else image[:1]  # drop alpha
-        if image.shape[0] != channels:
-            image = image.expand(channels, -1, -1)
-        if tuple(image.shape[1:]) != (height, width):
-            from torchvision.transforms.v2.functional import resize
-
-            image = resize(image, [height, width], antialias=True)
-        out[i] = image
+        out[i] = image.expand(channels, -1, -1)  # a grayscale image among colour ones: 3 equal
     return out
 
 
