@@ -118,7 +118,7 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     space = runner.stored_space(study)
     trial = chosen_trial(study, settings.trial)
     task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
-    runner.check_unchanged(study, task, "export a trial of this data and code")
+    runner.check_unchanged(study, task, "its trials cannot be reproduced on what is there now")
     device = pick_device(settings.device)
     data = placement.load_data(
         task,

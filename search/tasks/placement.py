@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from search.errors import SettingsError
 from search.spaces import Space
 from search.tasks.data import DeviceData
 from search.tasks.registry import Split, Task
@@ -41,9 +40,7 @@ def load_data(
     split = task.load(data_dir, download, True)
     if mode == "auto":
         mode = choose(resident_bytes(split, task), device, processes)
-    if mode not in ("resident", "stream"):
-        raise SettingsError(f"--data-mode {mode!r}: choose one of {', '.join(DATA_MODES)}")
-    kind = DeviceData if mode == "resident" else StreamingData
+    kind = {"resident": DeviceData, "stream": StreamingData}[mode]  # checked with the settings
     return kind.from_split(
         split,
         val_fraction=space.val_fraction,

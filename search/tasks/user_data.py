@@ -312,18 +312,22 @@ def _store(
         "num_classes": len(classes),
     }
     entry = cache_dir / f"{kind}-{key or digest[:32]}.pt"
-    if not entry.is_file():
-        _write_atomically(
-            entry,
-            {
-                "version": CACHE_VERSION,
-                "x": x.contiguous(),
-                "y": y,
-                "bounds": bounds,
-                "classes": list(classes),
-                "fingerprint": fingerprint,
-            },
-        )
+    if entry.is_file():  # a loader's same content, or a process that got here first
+        try:
+            return open_cached(entry)
+        except TaskError:
+            pass  # unreadable: replaced below
+    _write_atomically(
+        entry,
+        {
+            "version": CACHE_VERSION,
+            "x": x.contiguous(),
+            "y": y,
+            "bounds": bounds,
+            "classes": list(classes),
+            "fingerprint": fingerprint,
+        },
+    )
     return open_cached(entry)
 
 

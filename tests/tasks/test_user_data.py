@@ -259,3 +259,15 @@ def test_bad_tensor_files_say_what_is_wrong(tmp_path, arrays, says: str) -> None
     with pytest.raises(TaskError) as e:
         _read("data.npz", tmp_path)
     assert says in str(e.value), str(e.value)
+
+
+def test_an_unreadable_cache_entry_is_decoded_again_and_replaced(tmp_path) -> None:
+    images, labels = digits(60)
+    write_image_folder(tmp_path / "pngs", images, labels)
+    first = _read("pngs", tmp_path)
+    first.cache.write_bytes(first.cache.read_bytes()[:100])  # a disk that filled up mid-write
+    with pytest.raises(TaskError, match="unreadable"):
+        user_data.open_cached(first.cache)
+    again = _read("pngs", tmp_path)
+    assert again.cache == first.cache
+    assert torch.equal(again.train.images, user_data.open_cached(first.cache).train.images)
