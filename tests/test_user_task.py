@@ -365,13 +365,20 @@ def bad_project(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("change", "says"), BAD, ids=[str(c) for c, _ in BAD])
 def test_bad_user_input_is_one_line_exit_2_and_writes_no_study(
-    cli, bad_project, change, says
+    bad_project, change, says, capsys, monkeypatch
 ) -> None:
+    """The command's own entry point, in this process: the same path as a subprocess (the
+    refusals of a changed study above run in one) without a second start-up per case."""
+    from search.cli import main
+
     task = {**_space("pngs")["task"], **change}
     space = {**_space("pngs"), "task": {k: v for k, v in task.items() if v is not None}}
     path = _project(bad_project, space)
-    result = cli("run", "--space", str(path), "--trials", "1", cwd=bad_project)
-    _one_line(result, says)
+    monkeypatch.chdir(bad_project)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the user's folder joins it for a while
+    code = main(["run", "--space", str(path), "--trials", "1"])
+    captured = capsys.readouterr()
+    _one_line(subprocess.CompletedProcess([], code, captured.out, captured.err), says)
     assert not list(bad_project.glob("studies/*.db"))
 
 
