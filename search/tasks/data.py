@@ -49,29 +49,16 @@ class DeviceData:
     ) -> DeviceData:
         """Carve a seeded validation split out of ``split`` (unless ``val`` is given) and move
         both parts to ``device``."""
-        train_idx, val_idx = (
-            carve(len(split.labels), val_fraction, seed) if val is None else (None, None)
-        )
-        images = split.images.to(device=device)
-        train_raw = images if train_idx is None else images[train_idx.to(device)]
-        mean, std = channel_statistics(train_raw)
-
-        def prepare(x: torch.Tensor) -> torch.Tensor:
-            return normalize(x, mean, std)
-
-        labels = split.labels.to(device=device, dtype=torch.int64)
         if val is None:
-            val_x, val_y = prepare(images[val_idx.to(device)]), labels[val_idx.to(device)]
-            train_y = labels[train_idx.to(device)]
-        else:
-            val_x = prepare(val.images.to(device))
-            val_y = val.labels.to(device=device, dtype=torch.int64)
-            train_y = labels
+            train_idx, val_idx = carve(len(split.labels), val_fraction, seed)
+            split, val = take(split, train_idx), take(split, val_idx)
+        train_x = split.images.to(device=device)
+        mean, std = channel_statistics(train_x)
         return cls(
-            train_x=prepare(train_raw),
-            train_y=train_y,
-            val_x=val_x,
-            val_y=val_y,
+            train_x=normalize(train_x, mean, std),
+            train_y=split.labels.to(device=device, dtype=torch.int64),
+            val_x=normalize(val.images.to(device=device), mean, std),
+            val_y=val.labels.to(device=device, dtype=torch.int64),
             mean=mean,
             std=std,
             augment=augment,
@@ -86,16 +73,12 @@ class DeviceData:
             train_y=torch.cat([self.train_y, self.val_y]),
         )
 
-    def prepare(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        """Another split (the test set) on this device, normalized as the training part was."""
-        x = normalize(split.images.to(device=self.device), self.mean, self.std)
-        return x, split.labels.to(device=self.device, dtype=torch.int64)
-
     def split_batches(
         self, split: Split, batch_size: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Another split in order, normalized as the training part was, ``batch_size`` at a time."""
-        x, y = self.prepare(split)
+        """Another split (the test set) in order, normalized as the training part was."""
+        x = normalize(split.images.to(device=self.device), self.mean, self.std)
+        y = split.labels.to(device=self.device, dtype=torch.int64)
         for start in range(0, len(y), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
 
@@ -126,6 +109,11 @@ class DeviceData:
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.val_y), batch_size):
             yield self.val_x[start : start + batch_size], self.val_y[start : start + batch_size]
+
+
+def take(split: Split, index: torch.Tensor) -> Split:
+    """The examples ``index`` of a split."""
+    return Split(split.images[index], split.labels[index])
 
 
 def carve(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,7 +171,7 @@ def check_builds(
             except Exception as e:
                 raise TaskError(
                     f"{factory.reference} with {shown}: the forward pass on 2 training examples "
-                    f"of shape {_shape(input_shape)} raised {references.failure_line(e)}"
+                    f"of shape {models.shape_text(input_shape)} raised {references.failure_line(e)}"
                 ) from None
         expected = (len(examples), num_classes)
         if not isinstance(out, torch.Tensor):
@@ -185,7 +185,3 @@ def check_builds(
                 f"{tuple(out.shape)} on {len(examples)} examples; expected {expected}, one logit "
                 f"for each of the data's {num_classes} classes"
             )
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "×".join(str(n) for n in shape)

@@ -57,7 +57,7 @@ def cnn1d(*, input_shape: tuple[int, ...], num_classes: int, depth: int = 1) -> 
     if len(input_shape) == 3:  # signals stored as C×H×L images: the rows become channels
         return CNN1d(input_shape[0] * input_shape[1], input_shape[2], depth, num_classes)
     raise TaskError(
-        f"model cnn1d needs sequences C×L (or C×1×L), the data has shape {_shape(input_shape)}"
+        f"model cnn1d needs sequences C×L (or C×1×L), the data has shape {shape_text(input_shape)}"
     )
 
 
@@ -78,12 +78,13 @@ def _check_depth(family: str, depth: int) -> None:
 def _image_shape(family: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise TaskError(
-            f"model {family} needs images C×H×W, the data has shape {_shape(input_shape)}"
+            f"model {family} needs images C×H×W, the data has shape {shape_text(input_shape)}"
         )
     return input_shape  # type: ignore[return-value]
 
 
-def _shape(input_shape: tuple[int, ...]) -> str:
+def shape_text(input_shape: tuple[int, ...]) -> str:
+    """``3×32×32``."""
     return "×".join(str(n) for n in input_shape)
 
 

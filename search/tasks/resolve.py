@@ -17,7 +17,7 @@ import torch
 from search import references, tasks
 from search.errors import SearchError, SpaceError, TaskError
 from search.spaces import Space
-from search.tasks import factory, user_data
+from search.tasks import factory, models, user_data
 from search.train import LOOP_PARAMS
 
 # Beside the default storage: a study's decoded data lives where its database does.
@@ -63,7 +63,7 @@ def resolve(
         description=(
             f"your data {space.task}: {examples['train']} train, {examples['val']} val, "
             f"{examples['test']} test ({data.fingerprint['test']}), "
-            f"{_shape(data.input_shape)}, {data.num_classes} classes"
+            f"{models.shape_text(data.input_shape)}, {data.num_classes} classes"
         ),
         input_shape=data.input_shape,
         num_classes=data.num_classes,
@@ -135,7 +135,3 @@ def changed(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
 
 def _fail(space: Space, key: str, error: SearchError) -> SpaceError:
     return SpaceError(f"{space.source}: {key}: {error}")
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "×".join(str(n) for n in shape)
