@@ -4,7 +4,9 @@ Both studies get the same space, data, validation split, TPE sampler seed and me
 one process and one run, each in its own fresh SQLite file; they differ only in the training loop
 (`search.train.fit`, or the tutorial-style loop of `search.bench.loop.reference_fit`). The wall
 times and their ratio are printed, and so is each study's harness overhead: the wall time outside
-its trials' own measured seconds (sampling, storage, pruning decisions, reporting), as a share.
+its trials' own measured seconds, as a share; and its bookkeeping per trial, measured where it
+happens (`search.bench.bookkeeping`): sampling, storage (with its round trips) and pruning, inside
+trials (per-epoch reports) and between them.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import optuna
 
 from search import spaces
 from search import study as studies
+from search.bench.bookkeeping import Bookkeeping, Meter
 from search.bench.loop import pil_readable, reference_fit
 from search.errors import SettingsError, TrialFailure
 from search.objective import Objective
 from search.tasks import placement, resolve
 from search.train import fit, pick_device
+
+
+HEARTBEAT = 10  # seconds, as `search run` records trials' heartbeats by default
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,16 @@ class StudyTiming:
     wall_seconds: float
     trial_seconds: float
     best: float
+    bookkeeping: Bookkeeping
 
     @property
     def overhead(self) -> float:
         return max(0.0, self.wall_seconds - self.trial_seconds) / self.wall_seconds
+
+    @property
+    def bookkeeping_share(self) -> float:
+        """Sampling, storage and pruning (inside trials and between them) as a share of wall."""
+        return self.bookkeeping.total_ms * self.bookkeeping.trials / 1000 / self.wall_seconds
 
 
 def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
@@ -74,8 +86,9 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
     try:
         for loop, train in (("harness", fit), ("reference", reference_fit)):
             url = f"sqlite:///{folder / loop}.db"
+            meter = Meter()
             study = optuna.create_study(
-                storage=studies.open_storage(url, create=True),
+                storage=studies.open_storage(url, create=True, heartbeat=HEARTBEAT),
                 study_name=loop,
                 direction="maximize",
                 sampler=studies.make_sampler(
@@ -85,6 +98,7 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
                 ),
                 pruner=studies.make_pruner("median", epochs),
             )
+            meter.attach(study)
             objective = Objective(space, task, data, epochs=epochs, seed=settings.seed, train=train)
             start = time.perf_counter()
             study.optimize(objective, n_trials=settings.trials, catch=(TrialFailure,))
@@ -95,6 +109,7 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
                 wall,
                 sum(t.user_attrs.get("seconds", 0.0) for t in trials),
                 max((studies.trial_result(t) or 0.0 for t in trials), default=0.0),
+                meter.result(len(trials)),
             )
             echo(f"  {format_timing(timing)}")
             timings.append(timing)
@@ -110,13 +125,22 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
 
 def write_json(path: Path, timings: list[StudyTiming]) -> None:
     """Both studies' timings and the harness's speed-up over the reference loop."""
-    rows = [{**asdict(t), "overhead": t.overhead} for t in timings]
+    rows = [
+        {**asdict(t), "overhead": t.overhead, "bookkeeping_share": t.bookkeeping_share}
+        for t in timings
+    ]
     speedup = timings[1].wall_seconds / timings[0].wall_seconds
     path.write_text(json.dumps({"studies": rows, "speedup": speedup}, indent=2) + "\n")
 
 
 def format_timing(timing: StudyTiming) -> str:
+    costs = timing.bookkeeping
     return (
         f"{timing.loop:<9} wall {timing.wall_seconds:7.1f} s, in trials {timing.trial_seconds:7.1f} s, "
-        f"overhead {100 * timing.overhead:4.1f} %, best val accuracy {timing.best:.4f}"
+        f"overhead {100 * timing.overhead:4.1f} %, best val accuracy {timing.best:.4f}\n"
+        f"            bookkeeping {costs.total_ms:5.1f} ms per trial "
+        f"({100 * timing.bookkeeping_share:4.1f} % of wall): sampling {costs.sampling_ms:.1f}, "
+        f"storage {costs.storage_ms:.1f} ({costs.round_trips:.0f} round trips: "
+        f"{costs.statements:.0f} statements, {costs.commits:.0f} commits), pruning "
+        f"{costs.pruning_ms:.1f}"
     )
