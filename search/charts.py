@@ -16,7 +16,13 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import OBJECTIVES, accuracy, epoch_accuracies, is_multi_objective
+from search.study import (
+    OBJECTIVES,
+    accuracy,
+    epoch_accuracies,
+    is_multi_objective,
+    trial_attrs,
+)
 
 # A chart that fails on odd data must not take the whole page with it; these are what Optuna's
 # plotting raises for studies it cannot draw (too few trials, a single value, no params).
@@ -205,7 +211,7 @@ def throughput_by_batch_size(trials: Sequence[FrozenTrial]) -> go.Figure | None:
     """Training images/s (mean over a trial's epochs) for every trial that ran an epoch."""
     groups: dict[object, list[float]] = defaultdict(list)
     for t in trials:
-        speeds = t.user_attrs.get("images_per_second") or []
+        speeds = trial_attrs(t).get("images_per_second") or []
         if speeds and "batch_size" in t.params:
             groups[t.params["batch_size"]].append(sum(speeds) / len(speeds))
     if not groups:
@@ -231,7 +237,7 @@ def compare_studies(studies: Sequence[optuna.Study]) -> list[go.Figure]:
         numbers, seconds, values = [], [], []
         spent = 0.0
         for t in trials:
-            spent += t.user_attrs.get("seconds", 0.0)
+            spent += trial_attrs(t).get("seconds", 0.0)
             if t.state == TrialState.COMPLETE:
                 best = max(best, accuracy(t))
             if best > -math.inf:

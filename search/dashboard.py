@@ -34,9 +34,19 @@ def trial_note(outcome: str, params: dict[str, Any], history: Sequence[EpochResu
 
 
 def save_trial_note(trial: optuna.Trial, note: str) -> None:
-    from optuna_dashboard import save_note  # a second to import: only once a trial ends
+    """Write a finished trial's note where optuna-dashboard reads it, as its first version.
 
-    save_note(trial, note)
+    `optuna_dashboard.save_note` reads all of the study's system attrs twice (to find the next
+    version and the chunks to clear), and every trial's note lives there, so each note it saves
+    costs more than the last. A trial's note is written once, when it ends: version 1, nothing to
+    clear. Only the writes are made, through the dashboard's own key scheme.
+    """
+    from optuna_dashboard._note import note_ver_key, split_body  # a second to import: once
+
+    storage, study_id, trial_id = trial.storage, trial.study._study_id, trial._trial_id
+    storage.set_study_system_attr(study_id, note_ver_key(trial_id), 1)
+    for key, chunk in split_body(note, trial_id).items():
+        storage.set_study_system_attr(study_id, key, chunk)
 
 
 def local_storage(name: str | None) -> str:

@@ -133,7 +133,7 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     epochs = settings.epochs or (best_epoch if settings.full_train else max(curve))
     if settings.full_train:
         data = data.with_validation_in_training()
-    seed = trial.user_attrs.get("seed", studies.trial_seed(stored["seed"], trial.number))
+    seed = studies.trial_attrs(trial).get("seed", studies.trial_seed(stored["seed"], trial.number))
     echo(
         f"retraining trial {trial.number} of {settings.study} for {epochs} epochs on {device}"
         + (" (train + validation)" if settings.full_train else "")

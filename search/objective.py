@@ -1,9 +1,11 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
-Every trial, however it ends, records what it cost as user attrs: its seed, device, the path its
-data took (resident or streamed), parameter count, epochs run, training seconds, per-epoch seconds,
-images/s and train loss, and peak memory; and a markdown note (params and a row per epoch) that
-optuna-dashboard shows beside the trial.
+Every trial, however it ends, records what it cost: its seed, device, the path its data took
+(resident or streamed), parameter count, epochs run, training seconds, per-epoch seconds, images/s
+and train loss, and peak memory, as one user attr (`search.study.TRIAL_ATTR`, read through
+`search.study.trial_attrs`), so that a trial's bookkeeping is one write rather than one per key;
+its ``fail_reason`` is a user attr of its own, which the claim at the target counts in SQL. And a
+markdown note (params and a row per epoch) that optuna-dashboard shows beside the trial.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from search.checkpoint import FileCheckpoint
 from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, TrialFailure
 from search.spaces import Space
-from search.study import original_number, trial_seed
+from search.study import TRIAL_ATTR, original_number, trial_attrs, trial_seed
 from search.tasks import Task
 from search.train import EpochResult, Hyperparameters, TrainingData, fit, split_params
 
@@ -60,8 +62,12 @@ class Objective:
         params = self.space.suggest(trial)
         hp = split_params(params)[0]
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
+        trials = trial.study.get_trials(deepcopy=False)  # once: the origin and any OOM trials
+        remember = getattr(trial.study.pruner, "remember", None)
+        if remember is not None:
+            remember(trial.number, trials)  # and what the pruner compares the trial with
         # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
-        origin = original_number(trial.study.get_trials(deepcopy=False)[trial.number])
+        origin = original_number(trials[trial.number])
         seed = trial_seed(self.seed, origin)
         device = self.data.device
         torch.manual_seed(seed)  # model initialization
@@ -77,7 +83,8 @@ class Objective:
             if len(self.objectives) > 1:
                 return
             trial.report(result.val_accuracy, result.epoch)
-            if trial.should_prune():
+            # After the last epoch there is no training left to save: the trial is complete.
+            if result.epoch < self.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
 
         attrs: dict[str, Any] = {
@@ -88,11 +95,11 @@ class Objective:
         }
         if origin != trial.number:
             # A retry starts with a copy of its original's user attrs, failure included.
-            attrs.update(retry_of=origin, fail_reason=None, fail_detail=None)
+            attrs.update(retry_of=origin, fail_reason=None)
         start = time.perf_counter()
         outcome = ""
         try:
-            _predict_oom(trial, size)
+            _predict_oom(trials, size)
             _fit_or_oom(
                 self.train,
                 model,
@@ -134,8 +141,9 @@ class Objective:
             }
             if checkpoint is not None and checkpoint.restored_epochs:
                 attrs["resumed_from_epoch"] = checkpoint.restored_epochs
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+            if "fail_reason" in attrs:
+                trial.set_user_attr("fail_reason", attrs.pop("fail_reason"))
+            trial.set_user_attr(TRIAL_ATTR, attrs)
             if outcome:
                 save_trial_note(trial, trial_note(outcome, params, history))
                 if checkpoint is not None:
@@ -175,17 +183,20 @@ def _fit_or_oom(
     raise OutOfMemory(len(history) + 1, _describe(size))
 
 
-def _predict_oom(trial: optuna.Trial, size: dict[str, float]) -> None:
+def _predict_oom(trials: list[optuna.trial.FrozenTrial], size: dict[str, float]) -> None:
     """Fail at once, as `oom`, a configuration at least as large as one that ran out of memory.
 
     Samplers learn nothing from failed trials, so the study itself remembers: a later trial with
     no smaller batch and no smaller model argument (depth, width ...) than an OOM trial skips
     training it could not finish.
     """
-    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if other.user_attrs.get("fail_reason") != "oom":
+    for other in trials:
+        if (
+            other.state != optuna.trial.TrialState.FAIL
+            or other.user_attrs.get("fail_reason") != "oom"
+        ):
             continue
-        wall = other.user_attrs.get("oom_at") or {}
+        wall = trial_attrs(other).get("oom_at") or {}
         if wall and all(name in size and size[name] >= value for name, value in wall.items()):
             raise OutOfMemory(0, f"{_describe(size)}, as large as OOM trial {other.number}")
 

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from search.study import count_finished
+from search.study import count_finished, trial_attrs
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -18,8 +18,9 @@ def format_params(params: dict[str, Any]) -> str:
 def trial_line(trial: FrozenTrial) -> str:
     """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped."""
     state = trial.state.name
-    epochs = trial.user_attrs.get("epochs_run", 0)
-    seconds = trial.user_attrs.get("seconds", 0.0)
+    attrs = trial_attrs(trial)
+    epochs = attrs.get("epochs_run", 0)
+    seconds = attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
         outcome = f"val_acc {trial.values[0]:.4f}"
         if len(trial.values) > 1:
@@ -28,7 +29,7 @@ def trial_line(trial: FrozenTrial) -> str:
         best = max(trial.intermediate_values.values(), default=float("nan"))
         outcome = f"val_acc {best:.4f} pruned at epoch {epochs}"
     else:
-        outcome = trial.user_attrs.get("fail_detail", "failed")
+        outcome = attrs.get("fail_detail", "failed")
     return f"#{trial.number:<4} {state:<8} {outcome}  {format_params(trial.params)}  {epochs} epochs {seconds:.1f}s"
 
 

@@ -46,10 +46,11 @@ class Facts:
         max_epochs = settings.get("epochs")
         saved = 0.0
         for t in trials:
-            epoch_seconds = t.user_attrs.get("epoch_seconds") or []
+            attrs = studies.trial_attrs(t)
+            epoch_seconds = attrs.get("epoch_seconds") or []
             if t.state == TrialState.PRUNED and max_epochs and epoch_seconds:
                 # Epochs the pruner spared, at this trial's own measured epoch time.
-                not_run = max_epochs - t.user_attrs.get("epochs_run", len(epoch_seconds))
+                not_run = max_epochs - attrs.get("epochs_run", len(epoch_seconds))
                 saved += not_run * sum(epoch_seconds) / len(epoch_seconds)
         completed = charts.complete(trials)
         return cls(
@@ -59,7 +60,7 @@ class Facts:
             settings=settings,
             environment=study.user_attrs.get(studies.ENVIRONMENT_ATTR, {}),
             best=max(completed, key=studies.accuracy) if completed else None,
-            training_seconds=sum(t.user_attrs.get("seconds", 0.0) for t in trials),
+            training_seconds=sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials),
             pruner_saved_seconds=saved,
         )
 
@@ -280,8 +281,9 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
     head = ["#", "state", "value", *param_names, "epochs", "seconds", "reason"]
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
-        reason = t.user_attrs.get("fail_detail") or (
-            f"pruned at epoch {t.user_attrs.get('epochs_run', t.last_step)}"
+        attrs = studies.trial_attrs(t)
+        reason = attrs.get("fail_detail") or (
+            f"pruned at epoch {attrs.get('epochs_run', t.last_step)}"
             if t.state == TrialState.PRUNED
             else ""
         )
@@ -293,8 +295,8 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
                 f"{t.values[0]:.4f}" if t.values else "",
             ),
             *((t.params.get(p, ""), _fmt(t.params.get(p, ""))) for p in param_names),
-            (t.user_attrs.get("epochs_run", 0), str(t.user_attrs.get("epochs_run", ""))),
-            (t.user_attrs.get("seconds", 0.0), f"{t.user_attrs.get('seconds', 0.0):.2f}"),
+            (attrs.get("epochs_run", 0), str(attrs.get("epochs_run", ""))),
+            (attrs.get("seconds", 0.0), f"{attrs.get('seconds', 0.0):.2f}"),
             (reason, reason),
         ]
         rows.append((t.state.name.lower(), cells))

@@ -83,17 +83,24 @@ def show(study: optuna.Study, url: str) -> str:
         lines.append("best    no completed trial yet")
         return "\n".join(lines)
     front = study.best_trials
-    seconds = best.user_attrs.get("seconds", 0.0)
-    throughput = best.user_attrs.get("images_per_second") or [0]
+    attrs = studies.trial_attrs(best)
+    seconds = attrs.get("seconds", 0.0)
+    throughput = attrs.get("images_per_second") or [0]
     lines.append(f"best    trial {best.number}  val_acc {best.values[0]:.4f}")
-    if len(front) > 1:
+    if len(front) > 1 and studies.is_multi_objective(study):
         lines.append(
             f"        (most accurate of a Pareto front of {len(front)}: search best lists it)"
         )
+    elif len(front) > 1:
+        # One objective: Optuna's "best trials" are those that share the best value.
+        lines.append(
+            f"        ({len(front)} trials tie for the best val_acc; this is the earliest, "
+            f"search best --top {len(front)} lists them all)"
+        )
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
     lines.append(
-        f"        {best.user_attrs.get('epochs_run', '?')} epochs, {seconds:.1f} s, "
-        f"{max(throughput):,.0f} images/s, {best.user_attrs.get('param_count', 0):,} parameters"
+        f"        {attrs.get('epochs_run', '?')} epochs, {seconds:.1f} s, "
+        f"{max(throughput):,.0f} images/s, {attrs.get('param_count', 0):,} parameters"
     )
     return "\n".join(lines)
 
@@ -116,14 +123,15 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
         command += ["--out", f"models/{study.study_name}-trial{trial.number}"]
         if storage:
             command += ["--storage", studies.describe(storage)]  # a password stays unprinted
+        attrs = studies.trial_attrs(trial)
         rows.append(
             {
                 "trial": trial.number,
                 "accuracy": studies.accuracy(trial),
                 "objectives": dict(zip(objectives, trial.values, strict=True)),
-                "epochs_run": trial.user_attrs.get("epochs_run"),
-                "seconds": trial.user_attrs.get("seconds"),
-                "seed": trial.user_attrs.get("seed"),
+                "epochs_run": attrs.get("epochs_run"),
+                "seconds": attrs.get("seconds"),
+                "seed": attrs.get("seed"),
                 "params": trial.params,
                 "reproduce": shlex.join(command),
             }

@@ -37,7 +37,9 @@ def test_run_resume_list_show(cli, tmp_path, write_space) -> None:
     assert "best: " in first.stdout and "database: sqlite:///studies/tiny.db" in first.stdout
     study = _load(tmp_path, "tiny")
     assert len(study.trials) == 3 and studies.count_finished(study) == 3
-    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] for t in study.trials)
+    assert all(
+        len(t.intermediate_values) == studies.trial_attrs(t)["epochs_run"] for t in study.trials
+    )
     assert study.user_attrs[studies.SETTINGS_ATTR]["sampler"] == "tpe"
     assert study.user_attrs[studies.ENVIRONMENT_ATTR]["versions"]["optuna"] == optuna.__version__
 
@@ -112,8 +114,8 @@ def test_diverging_trials_fail_with_a_reason_and_count_as_finished(
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     for t in study.trials:
         # Stopped at the epoch whose loss was NaN, not after all five.
-        epoch = t.user_attrs["epochs_run"]
-        assert t.user_attrs["fail_reason"] == "diverged" and epoch < 5
+        epoch = studies.trial_attrs(t)["epochs_run"]
+        assert studies.trial_attrs(t)["fail_reason"] == "diverged" and epoch < 5
         assert len(t.intermediate_values) == epoch - 1
         assert f"#{t.number:<4} FAIL     diverged at epoch {epoch}: train loss nan" in result.stdout
     assert studies.count_finished(study) == 2
@@ -128,7 +130,7 @@ def test_mnist_from_a_data_dir(cli, tmp_path, write_space) -> None:
     )
     assert result.returncode == 0, result.stderr
     trial = _load(tmp_path, "m").trials[0]
-    assert trial.user_attrs["epochs_run"] == 1
+    assert studies.trial_attrs(trial)["epochs_run"] == 1
     # 10 % of 300 images validate; the rest train, in full batches of 64 or 128
     assert len(trial.intermediate_values) == 1
 
@@ -249,9 +251,9 @@ def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
     assert studies.count_finished(study) == 3
     # Trial 1 ran again first, as trial 2: same params, continuing from its last checkpoint.
     retry = study.trials[2]
-    assert retry.user_attrs["retry_of"] == 1 and retry.params == study.trials[1].params
-    assert retry.user_attrs["resumed_from_epoch"] >= 1
-    assert retry.user_attrs["fail_reason"] is None  # not the copied "interrupted"
+    assert studies.trial_attrs(retry)["retry_of"] == 1 and retry.params == study.trials[1].params
+    assert studies.trial_attrs(retry)["resumed_from_epoch"] >= 1
+    assert studies.trial_attrs(retry)["fail_reason"] is None  # not the copied "interrupted"
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert sorted(retry.intermediate_values) == list(range(1, 61))
     assert not any((tmp_path / "studies" / "checkpoints" / "tiny").iterdir())

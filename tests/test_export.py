@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_study
 
 from search import spaces, tasks
+from search import study as studies
 from search.export import ExportSettings, export, load_model
 
 TRIALS = 4
@@ -44,7 +45,7 @@ def test_best_lists_the_top_trials_with_a_command_that_reproduces_each(
     assert [r["trial"] for r in rows] == [t.number for t in ranked[:3]]
     for row, trial in zip(rows, ranked, strict=False):
         assert row["accuracy"] == trial.value and row["params"] == trial.params
-        assert row["seed"] == trial.user_attrs["seed"] and row["epochs_run"] == 3
+        assert row["seed"] == studies.trial_attrs(trial)["seed"] and row["epochs_run"] == 3
 
     text = cli("best", "tiny", cwd=study_dir)
     assert text.returncode == 0

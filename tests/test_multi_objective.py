@@ -35,12 +35,12 @@ def test_pareto_search_records_both_objectives_and_lists_the_front(
     assert study.user_attrs[studies.SETTINGS_ATTR]["pruner"] == "none"
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.values[0] == max(trial.user_attrs["val_accuracy"])
+        assert trial.values[0] == max(studies.trial_attrs(trial)["val_accuracy"])
         if cost == "params":
-            assert trial.values[1] == trial.user_attrs["param_count"]
+            assert trial.values[1] == studies.trial_attrs(trial)["param_count"]
         else:
             assert trial.values[1] == pytest.approx(
-                sum(trial.user_attrs["epoch_seconds"]), abs=1e-3
+                sum(studies.trial_attrs(trial)["epoch_seconds"]), abs=1e-3
             )
 
     listed = cli("best", "tiny", "--json")

@@ -67,13 +67,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
     assert studies.count_finished(study) == TARGET
     assert not study.get_trials(states=(TrialState.RUNNING,))
     print(f"\n  {kills} kills; trials: {_history(study)}")
-    resumed = [t for t in study.trials if t.user_attrs.get("resumed_from_epoch")]
+    resumed = [t for t in study.trials if studies.trial_attrs(t).get("resumed_from_epoch")]
     assert resumed, "no trial continued from a checkpoint"
     for trial in resumed:
-        origin = study.trials[trial.user_attrs["retry_of"]]
+        origin = study.trials[studies.trial_attrs(trial)["retry_of"]]
         # Same configuration and seed as the trial it continues.
         assert trial.params == origin.params
-        assert trial.user_attrs["seed"] == studies.trial_seed(0, origin.number)
+        assert studies.trial_attrs(trial)["seed"] == studies.trial_seed(0, origin.number)
         if trial.state == TrialState.COMPLETE:
             assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
     # Checkpoints are deleted as trials finish: only unfinished trials may keep one.
@@ -87,8 +87,8 @@ def _history(study: optuna.Study) -> str:
     parts = []
     for t in study.trials:
         part = f"{t.number}:{t.state.name[0]}"
-        if "retry_of" in t.user_attrs:
-            part += f"<{t.user_attrs['retry_of']}@{t.user_attrs.get('resumed_from_epoch', 0)}"
+        if "retry_of" in studies.trial_attrs(t):
+            part += f"<{studies.trial_attrs(t)['retry_of']}@{studies.trial_attrs(t).get('resumed_from_epoch', 0)}"
         parts.append(part)
     return " ".join(parts)
 
@@ -126,7 +126,7 @@ def test_sixteen_workers_and_a_dashboard_on_one_sqlite_file(tmp_path: Path, writ
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     trials = study.trials
     assert [t.number for t in trials] == list(range(33))  # none lost, none extra
-    assert all(studies.is_finished(t) and "seconds" in t.user_attrs for t in trials)
+    assert all(studies.is_finished(t) and "seconds" in studies.trial_attrs(t) for t in trials)
     # Distinct sampler seeds per worker: no two workers sampled the same configuration.
     assert len({t.params["lr"] for t in trials}) == 33
 
@@ -142,18 +142,21 @@ def test_out_of_memory_fails_the_trial_and_later_ones_in_that_region_skip_traini
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     assert studies.count_finished(study) == 12  # out-of-memory trials count as finished
-    oom = [t for t in study.trials if t.user_attrs.get("fail_reason") == "oom"]
+    oom = [t for t in study.trials if studies.trial_attrs(t).get("fail_reason") == "oom"]
     assert oom and all(t.params["batch_size"] == 128 for t in oom)
     assert all(t.state == TrialState.FAIL for t in oom)
     first = oom[0]
-    assert first.user_attrs["oom_at"] == {"batch_size": 128, "depth": first.params["depth"]}
-    assert "oom at epoch 1: batch_size 128" in first.user_attrs["fail_detail"]
+    assert studies.trial_attrs(first)["oom_at"] == {
+        "batch_size": 128,
+        "depth": first.params["depth"],
+    }
+    assert "oom at epoch 1: batch_size 128" in studies.trial_attrs(first)["fail_detail"]
     # Later trials at least as large skip training: the study remembers what did not fit.
-    predicted = [t for t in oom if "as large as OOM trial" in t.user_attrs["fail_detail"]]
+    predicted = [t for t in oom if "as large as OOM trial" in studies.trial_attrs(t)["fail_detail"]]
     assert predicted
     for trial in predicted:
-        assert trial.user_attrs["fail_detail"].startswith("oom before training")
-        assert trial.user_attrs["epochs_run"] == 0 and not trial.intermediate_values
+        assert studies.trial_attrs(trial)["fail_detail"].startswith("oom before training")
+        assert studies.trial_attrs(trial)["epochs_run"] == 0 and not trial.intermediate_values
     assert all(t.state != TrialState.FAIL for t in study.trials if t.params["batch_size"] < 128)
 
     report = cli("report", "tiny")

@@ -102,7 +102,7 @@ def test_mixed_study_draws_every_chart_and_summarizes() -> None:
     assert "24 in all: 18 finished (6 complete, 12 pruned, 6 failed: 6 error)" in page
     # Pruned trials ran fewer than the 5 epochs; each unrun epoch is worth 0.1 s here.
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    expected = sum((5 - t.user_attrs["epochs_run"]) * 0.1 for t in pruned)
+    expected = sum((5 - studies.trial_attrs(t)["epochs_run"]) * 0.1 for t in pruned)
     assert facts.pruner_saved_seconds == pytest.approx(expected)
     assert f"≈ {expected:.1f} s" in page
     assert f"trial {facts.best.number}: val accuracy {facts.best.value:.4f}" in page

@@ -51,12 +51,17 @@ def _check_exact(trials: list[Trial], target: int) -> None:
     assert len(counted) == target
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len({t.number for t in trials}) == len(trials)
-    origins = [t.user_attrs.get("retry_of", t.number) for t in counted]
+    origins = [studies.trial_attrs(t).get("retry_of", t.number) for t in counted]
     assert len(set(origins)) == len(origins)  # no configuration finished twice
     # Anything else failed only as surplus (a start beyond the target) or was retried.
     for t in trials:
         if t.state == optuna.trial.TrialState.FAIL and not studies.is_finished(t):
-            assert t.user_attrs.get("fail_reason") in ("surplus", "error", "interrupted", None)
+            assert studies.trial_attrs(t).get("fail_reason") in (
+                "surplus",
+                "error",
+                "interrupted",
+                None,
+            )
 
 
 def test_eight_workers_on_four_machines_finish_exactly_the_target(
@@ -98,9 +103,9 @@ def test_a_killed_workers_trial_is_resumed_from_its_checkpoint_by_another(
     assert second.returncode == 0, err
     trials = _trials(url, "kill")
     _check_exact(trials, 2)
-    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed[0].number)
+    retry = next(t for t in trials if studies.trial_attrs(t).get("retry_of") == killed[0].number)
     assert studies.is_finished(retry)
-    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert studies.trial_attrs(retry)["resumed_from_epoch"] >= 1
     assert retry.params == killed[0].params
     assert not list(checkpoints.glob("*.pt"))  # finished trials leave no checkpoint behind
 

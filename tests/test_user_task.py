@@ -128,11 +128,13 @@ def test_each_kind_of_data_runs_a_study_with_a_factory_of_its_own(cli, tmp_path,
     build = load("models.py:build", tmp_path)
     shape = tuple(fingerprints["data"]["input_shape"])
     for trial in study.trials:
-        assert trial.user_attrs["data_mode"] == "resident"
+        assert studies.trial_attrs(trial)["data_mode"] == "resident"
         model = build(
             input_shape=shape, num_classes=10, **{k: trial.params[k] for k in ("width", "dropout")}
         )
-        assert trial.user_attrs["param_count"] == sum(p.numel() for p in model.parameters())
+        assert studies.trial_attrs(trial)["param_count"] == sum(
+            p.numel() for p in model.parameters()
+        )
         assert len(trial.intermediate_values) == 2 and 0 <= trial.value <= 1
     if kind == "folder-splits-colour-resized":
         assert shape == (3, 10, 10) and fingerprints["data"]["examples"] == {
@@ -169,7 +171,7 @@ def test_streaming_forced_trains_as_the_resident_path_does(cli, tmp_path) -> Non
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         study = _study(tmp_path, mode)
-        assert {t.user_attrs["data_mode"] for t in study.trials} == {mode}
+        assert {studies.trial_attrs(t)["data_mode"] for t in study.trials} == {mode}
         values[mode] = [(t.params, t.intermediate_values) for t in study.trials]
     assert values["resident"] == values["stream"]
 

@@ -282,7 +282,7 @@ def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
     if TEST_ACCURACY_ATTR not in study.user_attrs:
         _record_test_accuracy(study, settings)
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
-    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
+    seconds = sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     test = study.user_attrs[TEST_ACCURACY_ATTR]
     return (
@@ -332,8 +332,8 @@ def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
         task,
         data,
         best.params,
-        seed=best.user_attrs["seed"],
-        epochs=best.user_attrs.get("epochs_run", len(best.intermediate_values)),
+        seed=studies.trial_attrs(best)["seed"],
+        epochs=studies.trial_attrs(best).get("epochs_run", len(best.intermediate_values)),
     )
     accuracy = retrain.test_accuracy(again.model, data, task.load(settings.data_dir, False, False))
     study.set_user_attr(
@@ -392,7 +392,7 @@ def _curves(study: optuna.Study) -> tuple[curves.StepCurve, curves.StepCurve]:
     """Best so far against cumulative training seconds and against trial count."""
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
     results = [studies.trial_result(t) for t in trials]
-    by_seconds = [t.user_attrs.get("seconds", 0.0) for t in trials]
+    by_seconds = [studies.trial_attrs(t).get("seconds", 0.0) for t in trials]
     return (
         curves.StepCurve.best_so_far(by_seconds, results),
         curves.StepCurve.best_so_far([1.0] * len(trials), results),
@@ -401,7 +401,7 @@ def _curves(study: optuna.Study) -> tuple[curves.StepCurve, curves.StepCurve]:
 
 def _epochs_saved(study: optuna.Study, epochs: int) -> float:
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
-    run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    run = sum(studies.trial_attrs(t).get("epochs_run", 0) for t in trials)
     return 1 - run / (len(trials) * epochs) if trials else 0.0
 
 
