@@ -328,6 +328,11 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     whole.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
     )
+    whole.add_argument(
+        "--harness-only",
+        action="store_true",
+        help="run only the harness's study: its bookkeeping, without the comparison",
+    )
     whole.add_argument("--json", type=Path, help="also write the results to this JSON file")
 
     scaling = kinds.add_parser(
@@ -533,6 +538,7 @@ def _bench_study(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             data_dir=args.data_dir.expanduser(),
+            reference=not args.harness_only,
         )
     )
     if args.json:

@@ -1,12 +1,15 @@
-"""`search run`: resolve settings, check everything, then create or resume a study and optimize it.
+"""`search run` and `search worker`: resolve the settings once into a `search.workers.Plan`, check
+everything, create or resume the study, and hand the plan to the workers.
 
-All checks (space, task, data, sampler, pruner, storage, a resumed study's stored settings) happen
-before a study is created or changed, so bad input never leaves a half-made study behind.
+This is the one place settings are read: the space is loaded and validated, the task resolved, the
+data placed and the study opened here, once; the plan that comes out crosses into every worker
+process as it is, and `search.workers` runs the one trial loop of `search.target` on it. All checks
+(space, task, data, sampler, pruner, storage, a resumed study's stored settings) happen before a
+study is created or changed, so bad input never leaves a half-made study behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from search.train import Hyperparameters, TrainingData, pick_device
 # Search settings fixed when a study is created; a resume that names a different one is refused.
 FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives")
 DEFAULTS = {"objectives": "accuracy"}  # for studies created before the setting existed
+SETTLE_SECONDS = 5.0  # how long a study with no settings yet may be another command's, creating it
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,15 @@ class RunResult:
 
 @dataclass(frozen=True)
 class _Prepared:
+    plan: workers.Plan
     study: optuna.Study
-    url: str
-    space: Space
-    task: Task
-    fixed: dict[str, Any]
-    data: TrainingData
-    worker_devices: list[str | None]
-    device: Any
+    data: TrainingData  # worker 0's, placed while checking
+    device: Any  # worker 0's
 
 
 def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
-    """Run ``settings.trials`` finished trials in total on the study, resuming it if it exists.
+    """Run trials until the study has ``settings.trials`` finished ones, resuming it if it exists;
+    alongside any other `search run` or `search worker` on the same study.
 
     ``--trials 0`` creates the study and runs nothing (for `search worker` to join).
     """
@@ -105,9 +106,8 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
             f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, "
             f"running {settings.trials - finished_before} more on {where}"
         )
-        spec = _worker_spec(ready, settings)
-        _run_until_target(study, spec, ready.worker_devices, ready.data, settings)
-    return RunResult.since(study, ready.url, finished_before, start)
+        workers.run_all(ready.plan, study=study, first_data=ready.data)
+    return RunResult.since(study, ready.plan.url, finished_before, start)
 
 
 def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
@@ -116,55 +116,24 @@ def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResul
     if settings.trials < 1:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
     ready = _prepare(settings, echo, may_create=False)
-    study, name = ready.study, ready.study.study_name
+    study, plan = ready.study, ready.plan
     finished_before = studies.count_finished(study)
     start = time.perf_counter()
     echo(
-        f"joining study {name} in {studies.describe(ready.url)}: {finished_before} of "
+        f"joining study {study.study_name} in {studies.describe(plan.url)}: {finished_before} of "
         f"{settings.trials} trials finished; {settings.jobs} worker(s) on "
-        + ", ".join(sorted({str(d or ready.device) for d in ready.worker_devices}))
+        + ", ".join(sorted({str(d or ready.device) for d in plan.devices}))
     )
-    salt = int.from_bytes(os.urandom(4), "little") or 1  # this machine's samplers, not another's
-    spec = dataclasses.replace(_worker_spec(ready, settings), until_target=True, salt=salt)
-    workers.run_all(
-        [
-            dataclasses.replace(spec, index=i, device=device)
-            for i, device in enumerate(ready.worker_devices)
-        ],
-        first_data=ready.data,
-    )
-    return RunResult.since(study, ready.url, finished_before, start)
-
-
-def _worker_spec(ready: _Prepared, settings: RunSettings) -> workers.Worker:
-    return workers.Worker(
-        study=ready.study.study_name,
-        url=ready.url,
-        space=ready.space.data,
-        space_name=ready.space.name,
-        space_dir=str(ready.space.base_dir),
-        data_cache=None if ready.task.cache is None else str(ready.task.cache),
-        data_mode=ready.data.mode,  # decided once, so that every worker takes the same path
-        fixed=ready.fixed,
-        trials=0,
-        target=settings.trials,
-        device=None,
-        data_dir=settings.data_dir,
-        download=False,  # fetched while preparing, if asked
-        heartbeat=settings.heartbeat,
-        timeout=settings.timeout,
-        threads=workers.threads_per_worker(settings.jobs, ready.device),
-        show_trials=not settings.quiet,
-        checkpoint_dir=settings.checkpoint_dir,
-    )
+    workers.run_all(plan, study=study, first_data=ready.data)
+    return RunResult.since(study, plan.url, finished_before, start)
 
 
 def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: bool) -> _Prepared:
-    """Check everything, then load the study or (``may_create``) create it."""
+    """Check everything, then load the study or (``may_create``) create it; the plan of its run."""
     _check_ranges(settings)
     name = study_name(settings)
     url = settings.storage or studies.default_url(name)
-    storage, existing = _load_existing(url, name, settings.heartbeat)
+    storage, existing, stale = _load_existing(url, name, settings.heartbeat)
     if existing is None and not may_create:
         raise StorageError(
             f"no study {name} in {studies.describe(url)}; create it first with "
@@ -208,73 +177,79 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
 
     # Everything is checked: only now is a study created or changed.
     if existing is None:
-        storage = storage or studies.open_storage(url, create=True, heartbeat=settings.heartbeat)
-        if name in studies.study_names(storage):
-            # Created, then killed before its settings were stored: empty, so nothing is lost.
-            optuna.delete_study(study_name=name, storage=storage)
-        # Each worker brings its own sampler and pruner (see search.workers).
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            directions=[studies.OBJECTIVES[o] for o in fixed["objectives"].split(",")],
-        )
-        study.set_user_attr(studies.SPACE_ATTR, space.data)
-        study.set_user_attr(
-            studies.SETTINGS_ATTR,
-            {
-                **fixed,
-                "space_name": space.name,
-                "space_source": space.source,
-                "space_dir": str(space.base_dir),
-                "task": space.task,
-                "model": space.model,
-            },
-        )
-        if task.fingerprint is not None:
-            study.set_user_attr(studies.FINGERPRINTS_ATTR, task.fingerprint)
-        study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
+        try:
+            study = _create(
+                storage, url, name, space, task, fixed, device, settings.heartbeat, stale
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            # Another command created it since we looked: join it as a resume, checked as one.
+            return _prepare(settings, echo, may_create=may_create)
         echo(
             f"created study {name} (space {space.source}, {fixed['sampler']} sampler, "
             f"{fixed['pruner']} pruner) in {studies.describe(url)}"
         )
     else:
         study = existing
-    return _Prepared(study, url, space, task, fixed, data, worker_devices, device)
+    plan = workers.Plan(
+        study=name,
+        url=url,
+        space=space,
+        task=task,
+        fixed=fixed,
+        target=settings.trials,
+        devices=tuple(worker_devices),
+        data_mode=data.mode,  # decided once, so that every worker takes the same path
+        data_dir=settings.data_dir,
+        heartbeat=settings.heartbeat,
+        timeout=settings.timeout,
+        threads=workers.threads_per_worker(settings.jobs, device),
+        show_trials=not settings.quiet,
+        checkpoint_dir=settings.checkpoint_dir,
+        # `search run` keeps its samplers' seeds reproducible; a worker may share its study
+        # with workers of the same numbers on other machines.
+        salt=0 if may_create else int.from_bytes(os.urandom(4), "little") or 1,
+    )
+    return _Prepared(plan, study, data, device)
 
 
-def _run_until_target(
-    study: optuna.Study,
-    spec: workers.Worker,
-    worker_devices: list[str | None],
-    data: TrainingData,
-    settings: RunSettings,
-) -> None:
-    """Run worker quotas until the study has its target of finished trials.
-
-    A round falls short when a trial of a dead worker (killed before this run) was still RUNNING:
-    its heartbeat goes stale within three intervals, and the next round retries it.
-    """
-    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
-    while (remaining := settings.trials - studies.count_finished(study)) > 0:
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if running:
-            # Trials that will finish elsewhere, or turn stale and be retried here.
-            if remaining <= len(running):
-                time.sleep(settings.heartbeat)
-                studies.requeue_unfinished(study)
-                continue
-            remaining -= len(running)
-        shares = workers.quotas(remaining, settings.jobs)
-        workers.run_all(
-            [
-                dataclasses.replace(spec, index=i, trials=n, device=worker_devices[i])
-                for i, n in enumerate(shares)
-            ],
-            first_data=data,
-        )
-        studies.requeue_unfinished(study)
+def _create(
+    storage: optuna.storages.BaseStorage | None,
+    url: str,
+    name: str,
+    space: Space,
+    task: Task,
+    fixed: dict[str, Any],
+    device: Any,
+    heartbeat: int,
+    stale: bool,
+) -> optuna.Study:
+    """A new study that records its space, search settings, fingerprints and environment."""
+    storage = storage or studies.open_storage(url, create=True, heartbeat=heartbeat)
+    if stale:
+        # Created, then killed before its settings were stored: empty, so nothing is lost.
+        optuna.delete_study(study_name=name, storage=storage)
+    # Each worker brings its own sampler and pruner (see search.workers).
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=[studies.OBJECTIVES[o] for o in fixed["objectives"].split(",")],
+    )
+    study.set_user_attr(studies.SPACE_ATTR, space.data)
+    study.set_user_attr(
+        studies.SETTINGS_ATTR,
+        {
+            **fixed,
+            "space_name": space.name,
+            "space_source": space.source,
+            "space_dir": str(space.base_dir),
+            "task": space.task,
+            "model": space.model,
+        },
+    )
+    if task.fingerprint is not None:
+        study.set_user_attr(studies.FINGERPRINTS_ATTR, task.fingerprint)
+    study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))
+    return study
 
 
 def study_name(settings: RunSettings) -> str:
@@ -338,18 +313,23 @@ def _check_objectives(settings: RunSettings) -> None:
 
 def _load_existing(
     url: str, name: str, heartbeat: int
-) -> tuple[optuna.storages.BaseStorage | None, optuna.Study | None]:
-    """The storage if it exists, and the study if it exists in it; never creates a SQLite file."""
+) -> tuple[optuna.storages.BaseStorage | None, optuna.Study | None, bool]:
+    """The storage if it exists, the study if it exists in it, and whether an empty study of that
+    name was left by a command killed while creating it; never creates a SQLite file."""
     path = studies.sqlite_path(url)
     if path is not None and not path.exists():
-        return None, None
+        return None, None, False
     storage = studies.open_storage(url, create=path is None, heartbeat=heartbeat)
     if name not in studies.study_names(storage):
-        return storage, None
+        return storage, None, False
     study = optuna.load_study(storage=storage, study_name=name)
+    # Another command may have created it an instant ago and be storing its settings now.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while not study.user_attrs and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
     if not study.user_attrs and not study.trials:
-        return storage, None  # created, then killed before its settings were stored: start afresh
-    return storage, study
+        return storage, None, True  # created, then killed before its settings were stored
+    return storage, study, False
 
 
 def resume_settings(

@@ -1,11 +1,13 @@
-"""Run trials on a study that workers elsewhere share, until it has its target of finished trials.
+"""Run trials on a study until it has its target of finished trials: the one loop every worker runs.
 
-`search worker` joins a study that processes on other machines work on too, so no quota can be
-known in advance: each process runs one trial at a time while the study's finished and running
-trials fall short of the target, and waits (retrying trials whose heartbeat went stale) while the
-rest are running elsewhere. A trial started beyond the target fails at once as ``surplus`` (see
-`WithinTarget`), so the study ends with exactly its target. A storage that stops answering (a
-database server restarting) is retried with back-off; a trial it cut short is retried from its
+`search run` (any ``--jobs``) and `search worker` run this loop in each of their processes, and
+any number of them may share a study, on one machine or many, started at any time. Each process
+runs one trial at a time while the study's finished trials and the running trials that hold a
+place fall short of the target, and waits (retrying trials whose heartbeat went stale) while the
+rest run elsewhere. A trial takes its place with an exact claim (`search.claims`): one started
+after the last place went fails at once as ``surplus``, a reason that neither counts towards the
+target nor gets retried, so the study ends with exactly its target. A storage that stops answering
+(a database server restarting) is retried with back-off; a trial it cut short is retried from its
 checkpoint once its heartbeat is stale.
 
 This module needs no torch: `search bench workers` drives it with an objective that only sleeps.
@@ -13,6 +15,7 @@ This module needs no torch: `search bench workers` drives it with an objective t
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy.exc
 
+from search import claims
 from search import study as studies
 from search.errors import StorageError, Surplus, TrialFailure
 
@@ -34,27 +38,15 @@ UNREACHABLE = (
 )
 
 
-class WithinTarget:
-    """Run the objective only if this trial is within the study's target.
-
-    Two workers may both see one trial missing and both start one. Trial ids are unique and
-    ordered, so every worker agrees which came first: a trial whose predecessors (finished, or
-    running with a smaller id) already reach the target fails at once as ``surplus``, a reason
-    that neither counts towards the target nor gets retried.
-    """
+class Claimed:
+    """Run the objective only once the trial has claimed one of the study's places."""
 
     def __init__(self, objective: Callable[[optuna.Trial], Any], target: int) -> None:
         self.objective = objective
         self.target = target
 
     def __call__(self, trial: optuna.Trial) -> Any:
-        ahead = 0
-        for other in trial.study.get_trials(deepcopy=False):
-            running_before = (
-                other.state == optuna.trial.TrialState.RUNNING and other._trial_id < trial._trial_id
-            )
-            ahead += studies.is_finished(other) or running_before
-        if ahead >= self.target:
+        if not claims.claim(trial.study, trial._trial_id, self.target):
             trial.set_user_attr("fail_reason", "surplus")
             raise Surplus(self.target)
         return self.objective(trial)
@@ -66,7 +58,8 @@ def run_until_target(
     *,
     target: int,
     url: str,
-    poll: float = 5.0,
+    poll: float = 1.0,
+    requeue_every: float = 10.0,
     timeout: float | None = None,
     reconnect_timeout: float = 300.0,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
@@ -74,22 +67,31 @@ def run_until_target(
 ) -> None:
     """Run trials one at a time until ``study`` has ``target`` finished trials (or ``timeout``).
 
+    Trials of dead or interrupted workers are queued again every ``requeue_every`` seconds (a
+    stale heartbeat takes three intervals to show, so checking more often finds nothing new) and
+    on every wait; a wait polls the counts every ``poll`` seconds.
+
     Raises:
         StorageError: the storage did not answer for ``reconnect_timeout`` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    admitted = WithinTarget(objective, target)
+    admitted = Claimed(objective, target)
+    requeued = -math.inf
 
     def step() -> bool:
         """One trial, or a wait while the rest run elsewhere; True once the target is met."""
-        studies.requeue_unfinished(study)  # trials of dead workers go stale, then run again
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(studies.is_finished(t) for t in trials)
-        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        nonlocal requeued
+        if time.monotonic() - requeued >= requeue_every:
+            studies.requeue_unfinished(study)  # trials of dead workers go stale, then run again
+            requeued = time.monotonic()
+        finished, _, running = claims.counts(study)
         if finished >= target:
             return True
+        # Unclaimed running trials are about to claim (or fail as surplus): starting another
+        # beside them would likely make a surplus trial.
         if finished + running >= target:
             time.sleep(poll)  # wait for them to finish, or to go stale and be retried here
+            requeued = -math.inf
             return False
         try:
             study.optimize(admitted, n_trials=1, catch=(TrialFailure,), callbacks=list(callbacks))

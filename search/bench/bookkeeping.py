@@ -3,7 +3,8 @@
 `Meter` wraps one study's sampler, pruner and RDB storage in timers that count *exclusive* time
 (storage reads a sampler makes are storage, not sampling), and listens on the storage's SQLAlchemy
 engine for round trips: every statement sent and every commit. Nothing in a study's code path
-knows it is measured; `search bench study` attaches a meter to each study it runs.
+knows it is measured; `search bench study` attaches a meter to each study it runs. The claims at
+the target (`search.claims`) go to the database beside Optuna's storage, and count as storage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+
+from search import claims
 
 PHASES = ("sampling", "storage", "pruning")
 _SAMPLER_METHODS = (
@@ -52,6 +55,7 @@ class Meter:
     """Times the study's sampling, storage and pruning (each exclusive of the others)."""
 
     def __init__(self) -> None:
+        self.restores: list[tuple[Any, str, Any]] = []
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self._stack: list[list[Any]] = []  # [phase, seconds spent in nested phases]
@@ -67,10 +71,18 @@ class Meter:
         for name in dir(type(storage)):
             if not name.startswith("__") and callable(getattr(type(storage), name, None)):
                 self._wrap(storage, name, "storage")
+        for name in ("claim", "counts"):
+            self._wrap(claims, name, "storage")
         engine = storage.engine
         sqlalchemy.event.listen(engine, "before_cursor_execute", self._statement)
         sqlalchemy.event.listen(engine, "commit", self._commit)
         return study
+
+    def detach(self) -> None:
+        """Put back the module functions the meter wrapped (a study's own objects stay metered)."""
+        for owner, name, method in reversed(self.restores):
+            setattr(owner, name, method)
+        self.restores.clear()
 
     def result(self, trials: int) -> Bookkeeping:
         per = max(trials, 1)
@@ -85,6 +97,8 @@ class Meter:
         method = getattr(owner, name)
         if not callable(method) or isinstance(method, type):
             return
+        if isinstance(owner, type(claims)):
+            self.restores.append((owner, name, method))  # a module's function: put back after
         setattr(owner, name, self._timed(method, phase))
 
     def _timed(self, method: Callable[..., Any], phase: str) -> Callable[..., Any]:

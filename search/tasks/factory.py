@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,11 +35,18 @@ class ModelFactory:
         reference: as the space names it: a family (``cnn``) or ``models.py:build``.
         fn: the callable.
         model_args: fixed keyword arguments (``[task.model_args]``).
+        base: the folder a ``FILE.py:NAME`` reference is relative to.
     """
 
     reference: str
     fn: Callable[..., Any]
     model_args: dict[str, Any] = field(default_factory=dict)
+    base: Path | None = None
+
+    def __reduce__(self) -> Any:
+        """Into a worker process by reference: the user's code is imported again there (a module
+        loaded from a file path has no name another process could import it by)."""
+        return resolve, (self.reference, self.model_args, self.base)
 
     @property
     def builtin(self) -> bool:
@@ -78,11 +86,11 @@ def is_builtin(reference: str) -> bool:
     return reference in models.FACTORIES
 
 
-def resolve(reference: str, model_args: dict[str, Any], base: Any) -> ModelFactory:
+def resolve(reference: str, model_args: dict[str, Any], base: Path | None) -> ModelFactory:
     """A family by name, or the callable a ``FILE.py:NAME`` / ``module:NAME`` reference names."""
     if reference in models.FACTORIES:
-        return ModelFactory(reference, models.FACTORIES[reference], dict(model_args))
-    return ModelFactory(reference, references.load(reference, base), dict(model_args))
+        return ModelFactory(reference, models.FACTORIES[reference], dict(model_args), base)
+    return ModelFactory(reference, references.load(reference, base), dict(model_args), base)
 
 
 def check_signature(

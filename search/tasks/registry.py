@@ -75,6 +75,21 @@ class Task:
     def with_model(self, model: ModelFactory) -> Task:
         return dataclasses.replace(self, model=model)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Into a worker process: the user's data reopens there from its cache entry (memory-
+        mapped again, not copied through the pipe); a registered task pickles as it is."""
+        if self.cache is None:
+            return super().__reduce_ex__(protocol)
+        from search.tasks import resolve  # which builds user tasks, and imports this module
+
+        return resolve.reopen, (
+            self.cache,
+            self.name,
+            self.description,
+            self.model,
+            self.fingerprint,
+        )
+
 
 _TASKS: dict[str, Task] = {}
 

@@ -58,16 +58,39 @@ def resolve(
     fingerprint = {"data": data.fingerprint}
     if not model.builtin:
         fingerprint["model"] = references.fingerprint(space.model, space.base_dir)
+    description = (
+        f"your data {space.task}: {examples['train']} train, {examples['val']} val, "
+        f"{examples['test']} test ({data.fingerprint['test']}), "
+        f"{models.shape_text(data.input_shape)}, {data.num_classes} classes"
+    )
+    return _user_task(data, space.task, description, model, fingerprint)
+
+
+def reopen(
+    cache: Path,
+    name: str,
+    description: str,
+    model: factory.ModelFactory,
+    fingerprint: dict[str, Any] | None,
+) -> tasks.Task:
+    """A user task again, from the cache entry its data was decoded into (how a `Task` crosses
+    into a worker process)."""
+    return _user_task(user_data.open_cached(cache), name, description, model, fingerprint)
+
+
+def _user_task(
+    data: user_data.UserData,
+    name: str,
+    description: str,
+    model: factory.ModelFactory,
+    fingerprint: dict[str, Any] | None,
+) -> tasks.Task:
     return tasks.Task(
-        name=space.task,
-        description=(
-            f"your data {space.task}: {examples['train']} train, {examples['val']} val, "
-            f"{examples['test']} test ({data.fingerprint['test']}), "
-            f"{models.shape_text(data.input_shape)}, {data.num_classes} classes"
-        ),
+        name=name,
+        description=description,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
-        models=(space.model,),
+        models=(model.reference,),
         augment=False,
         needs_data_dir=False,
         load=lambda _dir, _download, train: data.train if train else data.test,
