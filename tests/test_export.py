@@ -69,7 +69,7 @@ def test_export_reproduces_the_best_trial_and_every_file_predicts_like_the_model
     assert metrics["trial"] == study.best_trial.number
     assert metrics["val_accuracy"] == pytest.approx(study.best_value, abs=REPRODUCE_TOLERANCE)
     assert 0.5 < metrics["test_accuracy"] <= 1.0
-    assert metrics["seed"] == study.best_trial.user_attrs["seed"]
+    assert metrics["seed"] == studies.trial_attrs(study.best_trial)["seed"]
     assert torch.__version__.startswith(metrics["environment"]["versions"]["torch"])
 
     # Raw test images the export did not check itself on, at the dataset's own scale.
