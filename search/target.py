@@ -94,7 +94,10 @@ def run_until_target(
             requeued = -math.inf
             return False
         try:
-            study.optimize(admitted, n_trials=1, catch=(TrialFailure,), callbacks=list(callbacks))
+            # None when there are none: Optuna then skips reading the finished trial back for them.
+            study.optimize(
+                admitted, n_trials=1, catch=(TrialFailure,), callbacks=list(callbacks) or None
+            )
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # this trial's heartbeat was cut off, it went stale, and a retry took it over
         return False
