@@ -190,15 +190,12 @@ def _predict_oom(trials: list[optuna.trial.FrozenTrial], size: dict[str, float])
     no smaller batch and no smaller model argument (depth, width ...) than an OOM trial skips
     training it could not finish.
     """
+    failed = optuna.trial.TrialState.FAIL
     for other in trials:
-        if (
-            other.state != optuna.trial.TrialState.FAIL
-            or other.user_attrs.get("fail_reason") != "oom"
-        ):
-            continue
-        wall = trial_attrs(other).get("oom_at") or {}
-        if wall and all(name in size and size[name] >= value for name, value in wall.items()):
-            raise OutOfMemory(0, f"{_describe(size)}, as large as OOM trial {other.number}")
+        if other.state == failed and other.user_attrs.get("fail_reason") == "oom":
+            wall = trial_attrs(other).get("oom_at") or {}
+            if wall and all(name in size and size[name] >= value for name, value in wall.items()):
+                raise OutOfMemory(0, f"{_describe(size)}, as large as OOM trial {other.number}")
 
 
 def _describe(size: dict[str, float]) -> str:

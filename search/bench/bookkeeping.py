@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import optuna
 import sqlalchemy
 
 from search import claims
+from search import study as studies
 
 PHASES = ("sampling", "storage", "pruning")
 _SAMPLER_METHODS = (
@@ -55,7 +57,7 @@ class Meter:
     """Times the study's sampling, storage and pruning (each exclusive of the others)."""
 
     def __init__(self) -> None:
-        self.restores: list[tuple[Any, str, Any]] = []
+        self._restores: list[tuple[Any, str, Any]] = []  # module functions to put back
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self._stack: list[list[Any]] = []  # [phase, seconds spent in nested phases]
@@ -67,7 +69,7 @@ class Meter:
         for name in _SAMPLER_METHODS:
             self._wrap(study.sampler, name, "sampling")
         self._wrap(study.pruner, "prune", "pruning")
-        storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+        storage = studies.rdb_storage(study)
         for name in dir(type(storage)):
             if not name.startswith("__") and callable(getattr(type(storage), name, None)):
                 self._wrap(storage, name, "storage")
@@ -80,9 +82,9 @@ class Meter:
 
     def detach(self) -> None:
         """Put back the module functions the meter wrapped (a study's own objects stay metered)."""
-        for owner, name, method in reversed(self.restores):
+        for owner, name, method in reversed(self._restores):
             setattr(owner, name, method)
-        self.restores.clear()
+        self._restores.clear()
 
     def result(self, trials: int) -> Bookkeeping:
         per = max(trials, 1)
@@ -97,8 +99,8 @@ class Meter:
         method = getattr(owner, name)
         if not callable(method) or isinstance(method, type):
             return
-        if isinstance(owner, type(claims)):
-            self.restores.append((owner, name, method))  # a module's function: put back after
+        if isinstance(owner, types.ModuleType):
+            self._restores.append((owner, name, method))
         setattr(owner, name, self._timed(method, phase))
 
     def _timed(self, method: Callable[..., Any], phase: str) -> Callable[..., Any]:

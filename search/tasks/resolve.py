@@ -29,11 +29,11 @@ def resolve(
     *,
     data_dir: Path = Path("data"),
     download: bool = False,
-    cache: Path | None = None,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> tasks.Task:
-    """The task ``space`` names, with its model factory. The user's data is read (or taken from
-    its ``cache`` entry, as worker processes do); a registered task's data is not touched.
+    """The task ``space`` names, with its model factory. The user's data is read (from its cache
+    entry when it holds it; worker processes `reopen` that entry); a registered task's data is not
+    touched.
 
     Raises:
         SpaceError: ``<space file>: task.model|task.data: <what is wrong>``.
@@ -42,16 +42,13 @@ def resolve(
     if not space.user_data:
         return tasks.get(space.task).with_model(model)
     try:
-        if cache is not None:
-            data = user_data.open_cached(cache)
-        else:
-            data = user_data.read(
-                space.data_ref,
-                space.base_dir,
-                image_size=space.image_size,
-                test_fraction=space.test_fraction,
-                cache_dir=cache_dir,
-            )
+        data = user_data.read(
+            space.data_ref,
+            space.base_dir,
+            image_size=space.image_size,
+            test_fraction=space.test_fraction,
+            cache_dir=cache_dir,
+        )
     except TaskError as e:
         raise _fail(space, "task.data", e) from None
     examples = data.fingerprint["examples"]
