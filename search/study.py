@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 import warnings
 from datetime import datetime
 from importlib import metadata
@@ -137,9 +138,19 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-            storage = optuna.storages.RDBStorage(
-                _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
-            )
+            try:
+                storage = optuna.storages.RDBStorage(
+                    _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
+                )
+            except sqlalchemy.exc.SQLAlchemyError:
+                if path is None or not create:
+                    raise
+                # Another command creating the same new file this instant: its tables are there
+                # a moment later ("table ... already exists" is its half-made schema).
+                time.sleep(1.0)
+                storage = optuna.storages.RDBStorage(
+                    _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
+                )
         if path is not None:
             if create:
                 # Readers (a dashboard, `search list`) then never block the workers writing trials.
