@@ -62,7 +62,9 @@ class Objective:
         params = self.space.suggest(trial)
         hp = split_params(params)[0]
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
-        trials = trial.study.get_trials(deepcopy=False)  # once: the origin and any OOM trials
+        # Once per trial: the origin and any OOM trials. This is the read Optuna's samplers
+        # made for this trial (a random sampler's objective makes it here).
+        trials = trial.study._get_trials(deepcopy=False, use_cache=True)
         remember = getattr(trial.study.pruner, "remember", None)
         if remember is not None:
             remember(trial.number, trials)  # and what the pruner compares the trial with

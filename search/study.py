@@ -205,10 +205,7 @@ def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.s
         with warnings.catch_warnings():
             # `group` is marked experimental; it is what lets TPE model conditional params jointly.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # constant_liar: parallel workers see running trials as bad, not as unexplored points.
-            return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=conditional, constant_liar=True
-            )
+            return LiarWhenShared(seed=seed, multivariate=True, group=conditional)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
@@ -225,6 +222,29 @@ def make_sampler(name: str, seed: int, *, conditional: bool = False) -> optuna.s
                 seed=seed, scramble=True, warn_independent_sampling=False
             )
     raise SettingsError(f"--sampler {name!r}: unknown; choose one of {', '.join(SAMPLERS)}")
+
+
+class LiarWhenShared(optuna.samplers.TPESampler):
+    """TPE with its constant liar on only while other trials of the study run beside this one.
+
+    The liar makes parallel workers see each other's running trials as bad points rather than
+    unexplored ones. Alone, it changes no sample (the only running trial is the one sampled, which
+    the liar leaves out), but it costs two storage reads and a write per trial: TPE then reads
+    the trials afresh instead of from the read Optuna makes once per trial, and shares each
+    trial's relative params for other workers. So it is switched per trial, by the running
+    trials in that once-per-trial read.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(constant_liar=True, **kwargs)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # `_get_trials(use_cache=True)` is the read Optuna's samplers share within one trial
+        # (`infer_relative_search_space` makes it right after this); `_constant_liar` is read
+        # by `sample_relative` and `_sample`.
+        running = study._get_trials(deepcopy=False, states=(TrialState.RUNNING,), use_cache=True)
+        self._constant_liar = any(t.number != trial.number for t in running)
+        super().before_trial(study, trial)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:

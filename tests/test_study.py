@@ -218,3 +218,38 @@ def test_state_counts_name_a_failure_without_a_reason_an_error() -> None:
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "diverged"}))
     study.add_trial(create_trial(state=TrialState.FAIL))
     assert state_counts(study) == "1 finished (0 complete, 0 pruned, 3 failed: 1 diverged, 2 error)"
+
+
+def _quadratic(trial: optuna.Trial) -> float:
+    return (trial.suggest_float("x", -1, 1) - 0.3) ** 2 + trial.suggest_int("n", 0, 3)
+
+
+def test_tpe_alone_samples_as_with_its_liar_and_lies_once_another_trial_runs(
+    tmp_path: Path,
+) -> None:
+    def sampled(name: str, sampler: optuna.samplers.BaseSampler) -> list[dict]:
+        url = f"sqlite:///{tmp_path / name}.db"
+        study = optuna.create_study(storage=url, sampler=sampler, direction="minimize")
+        study.optimize(_quadratic, n_trials=16)  # 10 random, then 6 modelled by TPE
+        return [t.params for t in study.trials]
+
+    switched = sampled("switched", studies.make_sampler("tpe", 7))
+    liar = sampled("liar", optuna.samplers.TPESampler(seed=7, multivariate=True, constant_liar=True))
+    assert switched == liar
+
+    # Another worker's trial is running: this trial's TPE lies, and shares its relative params.
+    url = f"sqlite:///{tmp_path / 'switched'}.db"
+    name = optuna.get_all_study_names(url)[0]
+    study = optuna.load_study(study_name=name, storage=url, sampler=studies.make_sampler("tpe", 7))
+    elsewhere = study.ask()
+    _quadratic(elsewhere)
+    here = study.ask()
+    _quadratic(here)
+    assert study.sampler._constant_liar
+    assert any(k.startswith("tpe:relative_params") for k in study.trials[here.number].system_attrs)
+    study.tell(elsewhere, 1.0)
+    study.tell(here, 1.0)
+    alone = study.ask()
+    _quadratic(alone)
+    assert not study.sampler._constant_liar
+    assert not any(k.startswith("tpe:relative") for k in study.trials[alone.number].system_attrs)
