@@ -32,7 +32,8 @@ class FileCheckpoint:
             return None
         try:
             state = torch.load(self.path, map_location=self.map_location, weights_only=True)
-            self.restored_epochs = len(state["history"])
+            history = state["history"]
+            self.restored_epochs = round(history[-1]["epoch"]) if history else 0  # whole epochs
             return state
         except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
             raise StorageError(

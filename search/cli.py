@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pruner", choices=studies.PRUNERS, help="default: median")
     run.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
     run.add_argument(
+        "--reports-per-epoch",
+        type=int,
+        metavar="K",
+        help="validate and let the pruner decide K times per epoch (default: 1)",
+    )
+    run.add_argument(
         "--objectives",
         help=(
             "what to optimize, accuracy first: accuracy (default), accuracy,train-seconds or "
@@ -270,6 +276,15 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
         default=("none", "median"),
         help=f"comma-separated, from {','.join(studies.PRUNERS)} (default: none,median)",
     )
+    hpo.add_argument(
+        "--strategies",
+        type=_names,
+        default=(),
+        help=(
+            "comma-separated SAMPLER+PRUNER[:Kx][@N] (K reports per epoch, N trials), "
+            "instead of --samplers × --pruners; e.g. random+none,tpe+sha:4x@60"
+        ),
+    )
     hpo.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy (default: 3)")
     hpo.add_argument(
         "--trials", type=int, default=30, help="finished trials per study (default: 30)"
@@ -411,6 +426,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         gpus=args.gpus,
         objectives=args.objectives,
+        reports_per_epoch=args.reports_per_epoch,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
         data_mode=args.data_mode,
     )
@@ -619,6 +635,7 @@ def _bench(args: argparse.Namespace) -> int:
         space=args.space,
         samplers=args.samplers,
         pruners=args.pruners,
+        strategies=args.strategies,
         seeds=args.seeds,
         trials=args.trials,
         epochs=args.epochs,

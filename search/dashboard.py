@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def trial_note(outcome: str, params: dict[str, Any], history: Sequence[EpochResult]) -> str:
-    """Markdown: how the trial ended, its params, and a row per epoch."""
+    """Markdown: how the trial ended, its params, and a row per report (per epoch, or k per epoch)."""
     lines = [f"**{outcome}**", "", "| param | value |", "| --- | --- |"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in params.items()]
     lines += [
@@ -26,7 +26,7 @@ def trial_note(outcome: str, params: dict[str, Any], history: Sequence[EpochResu
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {r.epoch} | {r.val_accuracy:.4f} | {r.train_loss:.4f} | {r.seconds:.2f} | "
+        f"| {r.epoch:g} | {r.val_accuracy:.4f} | {r.train_loss:.4f} | {r.seconds:.2f} | "
         f"{r.images_per_second:,.0f} |"
         for r in history
     ]

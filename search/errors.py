@@ -33,10 +33,11 @@ class TrialFailure(Exception):
 
     Attributes:
         reason: a short machine-readable word stored in the trial's ``fail_reason`` user attr.
-        epoch: the epoch (1-based) at which the trial stopped; 0 before training began.
+        epoch: the epoch (1-based) at which the trial stopped, a fraction when it stopped at a
+            report inside one; 0 before training began.
     """
 
-    def __init__(self, reason: str, epoch: int, detail: str = "") -> None:
+    def __init__(self, reason: str, epoch: float, detail: str = "") -> None:
         where = f"at epoch {epoch}" if epoch else "before training"
         super().__init__(f"{reason} {where}" + (f": {detail}" if detail else ""))
         self.reason = reason
@@ -46,7 +47,7 @@ class TrialFailure(Exception):
 class Diverged(TrialFailure):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, loss: float) -> None:
+    def __init__(self, epoch: float, loss: float) -> None:
         super().__init__("diverged", epoch, f"train loss {loss}")
 
 

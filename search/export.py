@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 import time
 import tomllib
@@ -130,7 +131,8 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     )
     curve = studies.epoch_accuracies(trial)
     best_epoch = max(curve, key=lambda epoch: (curve[epoch], -epoch))
-    epochs = settings.epochs or (best_epoch if settings.full_train else max(curve))
+    # Whole epochs: a best report inside an epoch is found again by reporting as the trial did.
+    epochs = settings.epochs or math.ceil(best_epoch if settings.full_train else max(curve))
     if settings.full_train:
         data = data.with_validation_in_training()
     seed = studies.trial_attrs(trial).get("seed", studies.trial_seed(stored["seed"], trial.number))
@@ -146,6 +148,7 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         seed=seed,
         epochs=epochs,
         keep="last" if settings.full_train else "best",
+        reports_per_epoch=studies.reports_per_epoch(trial),
     )
     seconds = time.perf_counter() - start
     test_split = task.load(settings.data_dir, settings.download, False)

@@ -2,10 +2,13 @@
 
 Every trial, however it ends, records what it cost: its seed, device, the path its data took
 (resident or streamed), parameter count, epochs run, training seconds, per-epoch seconds, images/s
-and train loss, and peak memory, as one user attr (`search.study.TRIAL_ATTR`, read through
+and train loss, peak memory, and the wall time its sampler and pruner took, as one user attr (`search.study.TRIAL_ATTR`, read through
 `search.study.trial_attrs`), so that a trial's bookkeeping is one write rather than one per key;
 its ``fail_reason`` is a user attr of its own, which the claim at the target counts in SQL. And a
-markdown note (params and a row per epoch) that optuna-dashboard shows beside the trial.
+markdown note (params and a row per report) that optuna-dashboard shows beside the trial.
+
+A study may report k times per epoch (``reports_per_epoch``): the pruner's steps then count
+reports, 1..k × epochs, and what is shown of them is in epochs (step / k).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Objective:
         checkpoint_dir: Path | None = None,
         objectives: tuple[str, ...] = ("accuracy",),
         train: Callable[..., list[EpochResult]] = fit,
+        reports_per_epoch: int = 1,
     ) -> None:
         self.space = space
         self.task = task
@@ -57,9 +61,15 @@ class Objective:
         self.checkpoint_dir = checkpoint_dir
         self.objectives = objectives
         self.train = train  # `search bench study` swaps in its reference loop; nothing else does
+        self.reports_per_epoch = reports_per_epoch
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        # The sampler runs lazily, at the first suggest: this is its wall time (with the writes
+        # of the params), which a benchmark charges to the trial beside its training.
+        sampling_start = time.perf_counter()
         params = self.space.suggest(trial)
+        sampling_seconds = time.perf_counter() - sampling_start
+        pruning_seconds = 0.0
         hp = split_params(params)[0]
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
         # Once per trial: the origin and any OOM trials. This is the read Optuna's samplers
@@ -82,11 +92,17 @@ class Objective:
         history: list[EpochResult] = []
 
         def report_and_maybe_prune(result: EpochResult) -> None:
+            nonlocal pruning_seconds
             if len(self.objectives) > 1:
                 return
-            trial.report(result.val_accuracy, result.epoch)
+            trial.report(result.val_accuracy, result.step)
             # After the last epoch there is no training left to save: the trial is complete.
-            if result.epoch < self.epochs and trial.should_prune():
+            if result.step >= self.epochs * self.reports_per_epoch:
+                return
+            start = time.perf_counter()
+            prune = trial.should_prune()
+            pruning_seconds += time.perf_counter() - start
+            if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
 
         attrs: dict[str, Any] = {
@@ -113,6 +129,7 @@ class Objective:
                 on_epoch=report_and_maybe_prune,
                 checkpoint=checkpoint,
                 history=history,
+                reports_per_epoch=self.reports_per_epoch,
             )
         except TrialFailure as failure:
             # The failing epoch ran but reported nothing, so it is not in the history.
@@ -139,6 +156,9 @@ class Objective:
             attrs = {
                 **_costs(history, device),
                 "seconds": round(time.perf_counter() - start, 4),
+                "reports_per_epoch": self.reports_per_epoch,
+                "sampling_seconds": round(sampling_seconds, 4),
+                "pruning_seconds": round(pruning_seconds, 4),
                 **attrs,
             }
             if checkpoint is not None and checkpoint.restored_epochs:
@@ -182,7 +202,7 @@ def _fit_or_oom(
     gc.collect()
     if data.device.type == "cuda":
         torch.cuda.empty_cache()
-    raise OutOfMemory(len(history) + 1, _describe(size))
+    raise OutOfMemory(int(epochs_done(history)) + 1, _describe(size))
 
 
 def _predict_oom(trials: list[optuna.trial.FrozenTrial], size: dict[str, float]) -> None:
@@ -204,6 +224,11 @@ def _describe(size: dict[str, float]) -> str:
     return ", ".join(f"{name} {value}" for name, value in size.items())
 
 
+def epochs_done(history: list[EpochResult]) -> float:
+    """How many epochs ``history`` covers: a fraction when the last report fell inside one."""
+    return history[-1].epoch if history else 0
+
+
 def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
@@ -211,7 +236,7 @@ def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:
         # The CPU has no per-trial allocator statistics: this is the process's peak RSS.
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "epochs_run": len(history),
+        "epochs_run": epochs_done(history),
         "epoch_seconds": [round(r.seconds, 4) for r in history],
         "images_per_second": [round(r.images_per_second, 1) for r in history],
         "train_loss": [r.train_loss for r in history],

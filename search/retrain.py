@@ -22,7 +22,7 @@ from search.train import EVAL_BATCH, EpochResult, TrainingData, evaluate_batches
 class Retrained:
     model: nn.Module  # with the weights of its best validation epoch
     history: list[EpochResult]
-    best_epoch: int
+    best_epoch: float  # a fraction where the best report fell inside an epoch
     val_accuracy: float
 
 
@@ -34,10 +34,12 @@ def retrain(
     seed: int,
     epochs: int,
     keep: str = "best",
+    reports_per_epoch: int = 1,
 ) -> Retrained:
     """Train ``params`` for ``epochs`` epochs with ``seed``, keeping the weights of the best
-    validation epoch (``keep="best"``) or of the last one (``"last"``: when validation data is
-    trained on, its accuracy cannot choose)."""
+    validation report (``keep="best"``) or of the last one (``"last"``: when validation data is
+    trained on, its accuracy cannot choose). With the trial's ``reports_per_epoch``, its best
+    report inside an epoch is among those scored."""
     hp = split_params(params)[0]
     torch.manual_seed(seed)  # as the objective does before building the model
     model = task.build_model(params)
@@ -48,7 +50,15 @@ def retrain(
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             best.update(accuracy=result.val_accuracy, epoch=result.epoch, state=state)
 
-    history = fit(model, data, hp, epochs=epochs, seed=seed, on_epoch=keep_best)
+    history = fit(
+        model,
+        data,
+        hp,
+        epochs=epochs,
+        seed=seed,
+        on_epoch=keep_best,
+        reports_per_epoch=reports_per_epoch,
+    )
     model.load_state_dict(best["state"])
     return Retrained(model, history, best["epoch"], best["accuracy"])
 

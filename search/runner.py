@@ -27,8 +27,12 @@ from search.tasks import Task, placement, resolve
 from search.train import Hyperparameters, TrainingData, pick_device
 
 # Search settings fixed when a study is created; a resume that names a different one is refused.
-FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives")
-DEFAULTS = {"objectives": "accuracy"}  # for studies created before the setting existed
+FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives", "reports_per_epoch")
+# For studies created before the setting existed.
+DEFAULTS = {"objectives": "accuracy", "reports_per_epoch": 1}
+# A new study's search strategy when `search run` names none (see the README's benchmark).
+DEFAULT_SAMPLER, DEFAULT_PRUNER, DEFAULT_REPORTS_PER_EPOCH = "tpe", "median", 1
+MAX_REPORTS_PER_EPOCH = 100
 SETTLE_SECONDS = 5.0  # how long a study with no settings yet may be another command's, creating it
 
 
@@ -52,6 +56,7 @@ class RunSettings:
     jobs: int = 1
     gpus: tuple[int, ...] = ()
     objectives: str | None = None  # comma-separated names from `search.study.OBJECTIVES`
+    reports_per_epoch: int | None = None  # validation reports (and pruning decisions) per epoch
     checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"  # shared by all workers of a study
     quiet: bool = False  # no line per trial, no progress bar (benchmarks print their own)
     data_mode: str = "auto"  # resident on the device, streamed from the host, or auto by size
@@ -146,11 +151,12 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         objectives = settings.objectives or "accuracy"
         multi = "," in objectives
         fixed = {
-            "sampler": settings.sampler or "tpe",
-            "pruner": "none" if multi else settings.pruner or "median",
+            "sampler": settings.sampler or DEFAULT_SAMPLER,
+            "pruner": "none" if multi else settings.pruner or DEFAULT_PRUNER,
             "seed": 0 if settings.seed is None else settings.seed,
             "epochs": settings.epochs or space.epochs,
             "objectives": objectives,
+            "reports_per_epoch": settings.reports_per_epoch or DEFAULT_REPORTS_PER_EPOCH,
         }
         if multi:
             echo(f"objectives {objectives}: pruning is off (Optuna's pruners need one objective)")
@@ -266,6 +272,13 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--seed must be in 0..{2**32 - 1}, got {settings.seed}")
     if settings.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
+    if settings.reports_per_epoch is not None and not (
+        1 <= settings.reports_per_epoch <= MAX_REPORTS_PER_EPOCH
+    ):
+        raise SettingsError(
+            f"--reports-per-epoch must be 1 to {MAX_REPORTS_PER_EPOCH}, "
+            f"got {settings.reports_per_epoch}"
+        )
     if settings.heartbeat < 1:
         raise SettingsError(f"--heartbeat must be at least 1 second, got {settings.heartbeat}")
     if settings.timeout is not None and settings.timeout <= 0:

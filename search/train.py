@@ -95,11 +95,19 @@ class Checkpoint(Protocol):
 
 @dataclass(frozen=True)
 class EpochResult:
-    epoch: int  # 1-based
-    train_loss: float
+    """One report: validation accuracy after an epoch, or after a fraction of one when `fit`
+    reports k times per epoch (then ``epoch`` is 1/k, 2/k, ... and ``step`` counts reports)."""
+
+    epoch: float  # 1-based, in epochs: a whole number when reports come once per epoch
+    train_loss: float  # mean over the steps since the previous report
     val_accuracy: float
-    seconds: float  # wall time of the epoch, training and evaluation
+    seconds: float  # wall time since the previous report, training and evaluation
     images_per_second: float  # training throughput
+    step: int = 0  # 1-based report count, what the pruner sees (0: a row saved without one)
+
+    def __post_init__(self) -> None:
+        if self.step == 0:  # a checkpoint row from before reports could come more often
+            object.__setattr__(self, "step", round(self.epoch))
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -148,25 +156,36 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     checkpoint: Checkpoint | None = None,
     history: list[EpochResult] | None = None,
+    reports_per_epoch: int = 1,
 ) -> list[EpochResult]:
-    """Train ``model`` on ``data`` for ``epochs`` epochs; call ``on_epoch`` after each one.
+    """Train ``model`` on ``data`` for ``epochs`` epochs; evaluate and call ``on_epoch``
+    ``reports_per_epoch`` times per epoch (after equal shares of its steps).
 
     ``on_epoch`` may raise to stop training (the objective raises ``optuna.TrialPruned``).
     With a ``checkpoint``, training continues from the state it holds (passing each restored
-    epoch to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``.
-    Epochs are appended to ``history`` (returned), which the caller keeps even when training
-    stops with an exception.
+    report to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``.
+    Reports are appended to ``history`` (returned), which the caller keeps even when training
+    stops with an exception. Evaluating draws no random numbers, so the epochs train alike
+    however often they are reported.
 
     Raises:
-        Diverged: the mean training loss of an epoch was NaN or infinite.
+        Diverged: the mean training loss since a report was NaN or infinite.
     """
     device = data.device
     if hp.batch_size > data.n_train:
         raise ValueError(f"batch_size {hp.batch_size} exceeds the {data.n_train} training examples")
+    steps = data.n_train // hp.batch_size
+    if reports_per_epoch < 1:
+        raise ValueError(f"reports_per_epoch must be at least 1, got {reports_per_epoch}")
+    # After which step of an epoch each report comes: equal shares, the last at the epoch's end.
+    # An epoch of fewer steps than reports makes several reports of one evaluation.
+    report_after: dict[int, list[int]] = {}
+    for report in range(1, reports_per_epoch + 1):
+        at = max(1, round(steps * report / reports_per_epoch))
+        report_after.setdefault(at, []).append(report)
     model.to(device=device, memory_format=layout_for(device))
     optimizer = make_optimizer(hp, model.parameters())
     generator = torch.Generator(device=device).manual_seed(seed)
-    steps = data.n_train // hp.batch_size
     history = [] if history is None else history
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
@@ -180,43 +199,65 @@ def fit(
             if on_epoch is not None:
                 on_epoch(result)
     faults.check_oom(hp.batch_size)
-    for epoch in range(len(history) + 1, epochs + 1):
+    # A checkpoint holds whole epochs only: a retry starts after the last one it saved.
+    for epoch in range(len(history) // reports_per_epoch + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for x, y in data.batches(hp.batch_size, generator):
+        done = 0  # steps since the last report
+        for step, (x, y) in enumerate(data.batches(hp.batch_size, generator), 1):
             with _autocast(device):
                 loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().float()
-        train_loss = (loss_sum / steps).item()  # the one host sync of the epoch's training
-        train_seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            raise Diverged(epoch, train_loss)
-        val_accuracy = evaluate_batches(model, data.val_batches(EVAL_BATCH))
-        result = EpochResult(
-            epoch=epoch,
-            train_loss=train_loss,
-            val_accuracy=val_accuracy,
-            seconds=time.perf_counter() - start,
-            images_per_second=steps * hp.batch_size / train_seconds,
-        )
-        history.append(result)
-        if checkpoint is not None:
-            checkpoint.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": [dataclasses.asdict(r) for r in history],
-                }
-            )
-        if on_epoch is not None:
-            on_epoch(result)
+            done += 1
+            if step not in report_after:
+                continue
+            train_loss = (loss_sum / done).item()  # the one host sync of the report's training
+            train_seconds = time.perf_counter() - start
+            if not math.isfinite(train_loss):
+                raise Diverged(
+                    _in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
+                )
+            val_accuracy = evaluate_batches(model, data.val_batches(EVAL_BATCH))
+            model.train()
+            seconds = time.perf_counter() - start
+            for report in report_after[step]:
+                result = EpochResult(
+                    epoch=_in_epochs(epoch, report, reports_per_epoch),
+                    train_loss=train_loss,
+                    val_accuracy=val_accuracy,
+                    seconds=seconds,
+                    images_per_second=done * hp.batch_size / train_seconds,
+                    step=(epoch - 1) * reports_per_epoch + report,
+                )
+                seconds = 0.0  # a second report of the same evaluation cost nothing more
+                history.append(result)
+                if checkpoint is not None and report == reports_per_epoch:
+                    checkpoint.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "generator": generator.get_state(),
+                            "torch_rng": torch.get_rng_state(),
+                            "history": [dataclasses.asdict(r) for r in history],
+                        }
+                    )
+                if on_epoch is not None:
+                    on_epoch(result)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            done = 0
     return history
+
+
+def _in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
+    """Report ``report`` (1-based) of ``epoch``, in epochs: whole when reports are per epoch."""
+    if reports_per_epoch == 1:
+        return epoch
+    return round(epoch - 1 + report / reports_per_epoch, 6)
 
 
 def evaluate(

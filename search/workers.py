@@ -40,7 +40,7 @@ class Plan:
     url: str
     space: Space
     task: Task
-    fixed: dict[str, Any]  # sampler, pruner, seed, epochs, objectives: the study's, fixed
+    fixed: dict[str, Any]  # sampler, pruner, seed, epochs, objectives, reports per epoch: fixed
     target: int  # finished trials the study is to have
     devices: tuple[str | None, ...]  # one per worker
     data_mode: str  # resident or stream, decided once for all workers
@@ -128,8 +128,10 @@ def work(
         fixed["sampler"],
         studies.sampler_seed(fixed["seed"], index, trials_so_far, plan.salt),
         conditional=plan.space.has_conditions,
+        trials=plan.target,
     )
-    study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"])
+    reports_per_epoch = fixed["reports_per_epoch"]
+    study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"], reports_per_epoch)
     objective = Objective(
         plan.space,
         plan.task,
@@ -138,6 +140,7 @@ def work(
         seed=fixed["seed"],
         checkpoint_dir=plan.checkpoint_dir / plan.study,
         objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
+        reports_per_epoch=reports_per_epoch,
     )
     with TrialLog(
         total=plan.target,

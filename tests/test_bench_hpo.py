@@ -26,9 +26,10 @@ def tiny_mnist1d() -> dict:
 
 
 BENCH = [
-    "bench", "hpo", "--space", "mnist1d-tiny.toml", "--samplers", "random,tpe",
-    "--pruners", "none,median", "--seeds", "2", "--trials", "4", "--jobs", "2",
+    "bench", "hpo", "--space", "mnist1d-tiny.toml", "--strategies",
+    "random+none,random+none:4x,tpe+sha:4x@6", "--seeds", "2", "--trials", "4", "--jobs", "2",
 ]  # fmt: skip
+STRATEGIES = {"random+none": (1, 4), "random+none:4x": (4, 4), "tpe+sha:4x@6": (4, 6)}
 
 
 @pytest.fixture(scope="module")
@@ -42,52 +43,66 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
     first = cli(*BENCH, cwd=bench_dir)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
-    assert sum(bool(re.match(r"\[\d/8\] bench-mnist1d-tiny/", line)) for line in lines) == 8
+    assert sum(bool(re.match(r"\[\d/6\] bench-mnist1d-tiny/", line)) for line in lines) == 6
     assert re.search(
-        r"reached random\+none's final accuracy \(0\.\d{4}\) in \d+\.\d\d× its", first.stdout
+        r"reached random\+none's final accuracy \(0\.\d{4}\) in \d+\.\d\d× its cost", first.stdout
     ) or ("no strategy reached" in first.stdout)
+    # The evidence, from the trials of random search that report 4 times per epoch.
+    assert "rank agreement with the final result (random+none:4x, 8 trials" in first.stdout
+    for epochs in ("0.25", "0.5", "1", "3"):
+        assert re.search(rf"^  {re.escape(epochs)} +-?\d\.\d\d \[", first.stdout, re.M), epochs
     assert lines[-1] == "report: reports/bench-mnist1d-tiny.html"
     page = (bench_dir / "reports" / "bench-mnist1d-tiny.html").read_text()
-    assert page.count("<tr>") == 4 + 1  # a row per strategy and the header
+    assert "What pruning can save" in page
+    assert page.count("<tr>") == 3 + 1 + 4 + 1  # a row per strategy, per evidence epoch, headers
 
     url = f"sqlite:///{bench_dir / 'studies' / 'bench-mnist1d-tiny.db'}"
     names = sorted(studies.study_names(studies.open_storage(url, create=False)))
-    assert names == sorted(
-        f"bench-mnist1d-tiny/{s}+{p}/seed{k}"
-        for s in ("random", "tpe")
-        for p in ("none", "median")
-        for k in (0, 1)
-    )
+    assert names == sorted(f"bench-mnist1d-tiny/{s}/seed{k}" for s in STRATEGIES for k in (0, 1))
     for name in names:
         study = optuna.load_study(study_name=name, storage=url)
-        assert studies.count_finished(study) == 4
+        reports, trials = STRATEGIES[name.split("/")[1]]
+        assert studies.count_finished(study) == trials
         settings = study.user_attrs[studies.SETTINGS_ATTR]
-        assert f"{settings['sampler']}+{settings['pruner']}/seed{settings['seed']}" in name
+        assert settings["reports_per_epoch"] == reports
+        assert f"{settings['sampler']}+{settings['pruner']}" in name
+        for trial in study.trials:  # the pruner's steps count reports: 1 .. 3 epochs × reports
+            assert sorted(trial.intermediate_values) == list(
+                range(1, len(trial.intermediate_values) + 1)
+            )
+            assert len(trial.intermediate_values) <= 3 * reports
+            attrs = studies.trial_attrs(trial)
+            assert attrs["sampling_seconds"] > 0 and attrs["pruning_seconds"] >= 0
         test = study.user_attrs[hpo.TEST_ACCURACY_ATTR]
         assert 0.0 <= test["accuracy"] <= 1.0
         # Retrained with the trial's own seed on the same device: the same model again.
         assert test["val_accuracy"] == pytest.approx(test["trial_val_accuracy"], abs=0.02)
 
-    # Seed k of every strategy shares the validation split and trial seeds, so random search
-    # with and without pruning starts from the same first configuration and the same result.
-    firsts = [
-        optuna.load_study(study_name=f"bench-mnist1d-tiny/random+{p}/seed0", storage=url).trials[0]
-        for p in ("none", "median")
-    ]
-    assert firsts[0].params == firsts[1].params
-    assert firsts[0].intermediate_values == firsts[1].intermediate_values
+    # Seed k of every strategy shares the validation split and trial seeds, and evaluating
+    # draws no random numbers: random search reporting 4 times per epoch trains the same models,
+    # to the same accuracy at each epoch's end.
+    once, often = (
+        optuna.load_study(study_name=f"bench-mnist1d-tiny/{s}/seed0", storage=url).trials
+        for s in ("random+none", "random+none:4x")
+    )
+    for a, b in zip(once, often):
+        assert a.params == b.params
+        quarters = studies.epoch_accuracies(b)
+        assert list(quarters)[:4] == [0.25, 0.5, 0.75, 1.0]
+        assert studies.epoch_accuracies(a) == {e: quarters[e] for e in (1, 2, 3)}
 
     again = cli(*BENCH, cwd=bench_dir)
     assert again.returncode == 0, again.stderr
     assert "all done" in again.stdout.splitlines()[0]
-    assert again.stdout.splitlines()[-2] == lines[-2]  # the same headline
+    assert again.stdout.splitlines()[1:] == lines[-len(again.stdout.splitlines()) + 1 :]
     changed = cli(*BENCH, "--epochs", "5", cwd=bench_dir)
     assert changed.returncode == 2
     assert "--epochs 5: study bench-mnist1d-tiny/random+none/seed0 was created with --epochs 3" in (
         changed.stderr
     )
     with sqlite3.connect(bench_dir / "studies" / "bench-mnist1d-tiny.db") as db:
-        assert db.execute("SELECT count(*) FROM trials").fetchone()[0] == 8 * 4  # nothing rerun
+        total = sum(2 * trials for _, trials in STRATEGIES.values())
+        assert db.execute("SELECT count(*) FROM trials").fetchone()[0] == total  # nothing rerun
 
 
 @pytest.mark.parametrize(
@@ -96,6 +111,8 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
         ("--samplers", "random,tpee", "--samplers 'tpee': unknown; choose from tpe, random"),
         ("--pruners", "none,none", "--pruners none,none: a name is repeated"),
         ("--seeds", "0", "--seeds must be at least 1, got 0"),
+        ("--strategies", "tpe+sha:4", "--strategies 'tpe+sha:4': not SAMPLER+PRUNER[:Kx][@N]"),
+        ("--strategies", "tpe+shaa", "--strategies: 'shaa' is unknown; choose from"),
         ("--trials", "0", "--trials must be at least 1, got 0"),
         ("--space", "nowhere.toml", "nowhere.toml"),
     ],

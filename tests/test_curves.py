@@ -72,33 +72,58 @@ def test_a_strategy_twice_as_cheap_reaches_the_target_in_half_the_time() -> None
     resamples = curves.resample_indices(3, np.random.default_rng(3))
     times = curves.time_to_target(cheaper, reference, resamples)
     assert times.target == pytest.approx(np.mean([0.9, 0.85, 0.95]))  # 3 seeds: IQM is the mean
-    assert times.cost.value == 15.0  # the mean of the finals first holds after the third trial
+    # Seeds reach 0.9 after 3 and 2 trials; the second never does and is charged all 3.
+    assert times.cost.value == pytest.approx((15 + 15 + 10) / 3)
+    assert times.reached == pytest.approx(2 / 3)
     assert (times.ratio.value, times.ratio.low, times.ratio.high) == (0.5, 0.5, 0.5)
     own = curves.time_to_target(reference, reference, resamples)
     assert (own.ratio.value, own.ratio.low, own.ratio.high) == (1.0, 1.0, 1.0)
 
 
-def test_time_to_target_is_read_where_the_iqm_curve_first_reaches_it() -> None:
-    # Reference finals 0.8 and 0.9 (target 0.85); the other strategy's IQM curve is
-    # mean(0.7, 0.9) = 0.8 at cost 2 and mean(0.9, 0.9) = 0.9 from cost 3 on.
+def test_each_seed_is_charged_until_its_own_best_first_reaches_the_target() -> None:
+    # Reference finals 0.8 and 0.9 (target 0.85): one seed reaches it after 8 s, one never does
+    # (charged its 8 s). The other strategy's seeds reach it after 2 + 1 s and after 1 s.
     reference = [_curve([4, 4], [0.5, 0.8]), _curve([4, 4], [0.6, 0.9])]
     other = [_curve([2, 1], [0.7, 0.9]), _curve([1, 10], [0.9, 0.95])]
     times = curves.time_to_target(
         other, reference, curves.resample_indices(2, np.random.default_rng(4))
     )
     assert times.target == pytest.approx(0.85)
-    assert times.cost.value == 3.0
-    assert times.ratio.value == pytest.approx(3.0 / 8.0)
+    assert times.cost.value == pytest.approx(2.0)  # the IQM of two seeds: their mean
+    assert times.ratio.value == pytest.approx(2.0 / 8.0)
+    assert times.reached == 1.0
 
 
-def test_a_strategy_that_never_reaches_the_target_takes_forever() -> None:
+def test_a_strategy_that_never_reaches_the_target_is_charged_all_it_spent() -> None:
     reference = [_curve([1, 1], [0.5, 0.9]) for _ in range(3)]
-    worse = [_curve([1, 1], [0.5, 0.6]) for _ in range(3)]
+    worse = [_curve([1, 1, 1], [0.5, 0.6, 0.6]) for _ in range(3)]
     times = curves.time_to_target(
         worse, reference, curves.resample_indices(3, np.random.default_rng(5))
     )
-    assert times.cost.value == np.inf
-    assert times.ratio.value == np.inf and times.ratio.low == np.inf
+    assert times.cost.value == 3.0 and times.ratio.value == pytest.approx(1.5)
+    assert times.reached == 0.0
+
+
+def test_rank_agreement_of_early_and_final_accuracies() -> None:
+    rng = np.random.default_rng(6)
+    final = rng.uniform(0.5, 1.0, size=60)
+    same_order = curves.rank_agreement(final**3 - 0.2, final, rng)  # any increasing map
+    assert same_order.value == pytest.approx(1.0) and same_order.low == pytest.approx(1.0)
+    reversed_order = curves.rank_agreement(-final, final, rng)
+    assert reversed_order.value == pytest.approx(-1.0)
+    unrelated = curves.rank_agreement(rng.uniform(size=400), rng.uniform(size=400), rng)
+    assert unrelated.low < 0 < unrelated.high and abs(unrelated.value) < 0.15
+    # Curves whose early order swaps 10 disjoint neighbouring pairs of the final order:
+    # Spearman's rho is 1 - 6 sum(d^2) / (n (n^2 - 1)) with sum(d^2) = 10 * 2.
+    order = np.argsort(final)
+    ranks = np.empty(60)
+    ranks[order] = np.arange(60)
+    for pair in range(0, 40, 4):
+        ranks[order[pair]], ranks[order[pair + 1]] = pair + 1, pair
+    swapped = curves.rank_agreement(ranks / 100, final, rng)
+    assert swapped.value == pytest.approx(1 - 6 * 20 / (60 * (60**2 - 1)))
+    assert swapped.low <= swapped.value <= swapped.high
+    assert np.isnan(curves.rank_agreement([0.1, 0.2], [0.3, 0.4], rng).value)
 
 
 def test_paired_curves_need_the_same_seeds() -> None:

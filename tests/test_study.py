@@ -157,13 +157,13 @@ def test_a_bad_configuration_is_pruned_and_costs_are_recorded(
         "weight_decay": 1e-5,
         "depth": 1,
     }
-    for _ in range(5):
+    for _ in range(3):  # the median pruner's startup trials
         study.enqueue_trial(good)
     study.enqueue_trial(bad)
-    study.optimize(objective, n_trials=6, catch=(TrialFailure,))
+    study.optimize(objective, n_trials=4, catch=(TrialFailure,))
 
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["PRUNED"]
     assert trials[0].value == max(trials[0].intermediate_values.values()) > 0.9
     pruned = trials[-1]
     assert studies.trial_attrs(pruned)["epochs_run"] == len(pruned.intermediate_values) < 4
@@ -234,7 +234,9 @@ def test_tpe_alone_samples_as_with_its_liar_and_lies_once_another_trial_runs(
         return [t.params for t in study.trials]
 
     switched = sampled("switched", studies.make_sampler("tpe", 7))
-    liar = sampled("liar", optuna.samplers.TPESampler(seed=7, multivariate=True, constant_liar=True))
+    liar = sampled(
+        "liar", optuna.samplers.TPESampler(seed=7, multivariate=True, constant_liar=True)
+    )
     assert switched == liar
 
     # Another worker's trial is running: this trial's TPE lies, and shares its relative params.

@@ -8,7 +8,8 @@ result and held at its last value after its last trial (that search is over, its
 Across seeds, the interquartile mean (the mean of the middle half, as rliable and Syne Tune report
 it) summarizes a grid point, and a percentile bootstrap over seeds gives its 95 % confidence
 interval. Two strategies run on the same seeds are compared with a paired bootstrap: each resample
-draws the same seeds for both.
+draws the same seeds for both. Configurations' early accuracies are compared with their final ones
+by Spearman's rank correlation (scipy's), bootstrapped over the configurations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -77,14 +79,6 @@ def band(matrix: np.ndarray, resamples: np.ndarray) -> tuple[np.ndarray, np.ndar
     return iqm(matrix, axis=0), low, high
 
 
-def first_reach(grid: np.ndarray, curves: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """For each row of ``curves``, the first grid cost where it reaches its target (else inf)."""
-    with np.errstate(invalid="ignore"):
-        reached = curves >= np.asarray(targets)[..., None]
-    first = grid[reached.argmax(axis=-1)]
-    return np.where(reached.any(axis=-1), first, np.inf)
-
-
 @dataclass(frozen=True)
 class Interval:
     """A point estimate and its bootstrap confidence interval."""
@@ -109,11 +103,27 @@ def final(curves: Sequence[StepCurve], resamples: np.ndarray) -> Interval:
 
 @dataclass(frozen=True)
 class TargetTimes:
-    """How soon a strategy's IQM curve reaches the reference strategy's final IQM."""
+    """How soon a strategy's seeds reach the reference strategy's final IQM."""
 
     target: float  # the reference's final IQM
-    cost: Interval  # cost at which the IQM curve first reaches it (inf: never)
-    ratio: Interval  # that cost over the reference's own cost to reach it
+    cost: Interval  # IQM over seeds of each seed's cost to reach it (all it spent if it never did)
+    ratio: Interval  # that IQM over the reference's own
+    reached: float  # share of seeds that reached it
+
+
+def seed_costs(curves: Sequence[StepCurve], targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every curve and target: the cost at which the curve first reaches the target, or all
+    it spent where it never does; and whether it did. Both shaped targets × curves."""
+    costs = np.empty((len(targets), len(curves)))
+    reached = np.empty((len(targets), len(curves)), dtype=bool)
+    for j, curve in enumerate(curves):
+        values = np.nan_to_num(curve.values, nan=-np.inf)  # best so far: nondecreasing
+        first = np.searchsorted(values, targets, side="left")
+        reached[:, j] = first < len(values)
+        costs[:, j] = np.where(
+            reached[:, j], curve.costs[np.minimum(first, len(values) - 1)], curve.costs[-1]
+        )
+    return costs, reached
 
 
 def time_to_target(
@@ -121,25 +131,51 @@ def time_to_target(
 ) -> TargetTimes:
     """Compare ``curves`` with ``reference`` (same seeds, same order) at the reference's final IQM.
 
-    Each bootstrap resample recomputes the target from the resampled reference seeds, so the
-    reference always reaches it and the ratio's interval carries the target's uncertainty too.
+    Each seed is charged the cost at which its best so far first reaches the target, or all it
+    spent if it never does; the IQM over seeds of those costs, for ``curves`` and for
+    ``reference``, gives the ratio. Each bootstrap resample draws the same seeds for both and
+    recomputes the target from the resampled reference seeds, so the ratio's interval carries the
+    target's uncertainty too.
     """
     if len(curves) != len(reference):
         raise ValueError(
             f"paired curves need the same seeds, got {len(curves)} and {len(reference)}"
         )
-    grid = grid_of([*curves, *reference])
-    mine = np.stack([c.at(grid) for c in curves])
-    theirs = np.stack([c.at(grid) for c in reference])
-
     # Row 0 is the seeds as they are; the rest are the bootstrap resamples.
     rows = np.vstack([np.arange(len(curves)), resamples])
-    targets = iqm(theirs[rows, -1], axis=1)
-    cost = first_reach(grid, iqm(mine[rows], axis=1), targets)
-    reference_cost = first_reach(grid, iqm(theirs[rows], axis=1), targets)
-    ratios = cost / reference_cost
+    finals = np.array([c.values[-1] for c in reference])
+    targets = iqm(finals[rows], axis=1)
+    mine, mine_reached = seed_costs(curves, targets)
+    theirs, _ = seed_costs(reference, targets)
+    picked = np.arange(len(rows))[:, None]
+    cost = iqm(mine[picked, rows], axis=1)
+    ratios = cost / iqm(theirs[picked, rows], axis=1)
     return TargetTimes(
         target=float(targets[0]),
         cost=Interval.of(cost[0], cost[1:]),
         ratio=Interval.of(ratios[0], ratios[1:]),
+        reached=float(mine_reached[0].mean()),
     )
+
+
+def rank_agreement(
+    early: Sequence[float], final: Sequence[float], rng: np.random.Generator
+) -> Interval:
+    """Spearman's rank correlation between configurations' ``early`` and ``final`` accuracies,
+    with a percentile-bootstrap interval over the configurations: how well stopping at the early
+    point would rank them. NaN with fewer than three configurations."""
+    early, final = np.asarray(early, dtype=float), np.asarray(final, dtype=float)
+    if len(early) < 3:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    draws = rng.integers(0, len(early), size=(RESAMPLES, len(early)))
+    value = scipy.stats.spearmanr(early, final).statistic
+    # Spearman's rho is Pearson's r of the ranks (ties averaged): all resamples at once.
+    x = scipy.stats.rankdata(early[draws], axis=1)
+    y = scipy.stats.rankdata(final[draws], axis=1)
+    x -= x.mean(axis=1, keepdims=True)
+    y -= y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample of one value: NaN
+        boot = (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.nanpercentile(boot, [tail, 100 - tail])
+    return Interval(float(value), float(low), float(high))

@@ -1,20 +1,29 @@
-"""`search bench hpo`: every sampler × pruner × seed as its own study, then a comparison.
+"""`search bench hpo`: every strategy × seed as its own study, then a comparison.
 
-Each combination is an ordinary study in one storage, named ``bench-SPACE/SAMPLER+PRUNER/seedN``
-and run by `search.runner.run`, so it trains through the same `Objective` and `train.fit` as
+A strategy is a sampler and a pruner (every pair of ``--samplers`` × ``--pruners``), or one
+named by ``--strategies`` as ``SAMPLER+PRUNER[:Kx][@N]``: K reports per epoch, N trials. Each
+combination is an ordinary study in one storage, named ``bench-SPACE/STRATEGY/seedN`` and run by
+`search.runner.run`, so it trains through the same `Objective` and `train.fit` as
 `search run`, and a rerun of the same command runs only what is missing. ``--jobs N`` runs N
 studies at a time, one process each; a study's own trials stay sequential, so each sampler sees
 exactly the history it would see alone and a seed's result does not depend on ``--jobs``.
 
 Seed N of every combination uses the same study seed, so the same validation split and the same
 per-trial seeds: strategies are compared on common random numbers, and paired across seeds.
+
+A trial costs its training seconds (evaluations included) plus the wall time its sampler and
+pruner took; training seconds alone are shown beside. The evidence for pruning comes from the
+trials of random search without pruning that report most often: how well their accuracy after
+¼, ½, 1 and 3 epochs ranks them as their final result does (`curves.rank_agreement`).
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +40,11 @@ from search.tasks import resolve
 
 TEST_ACCURACY_ATTR = "search.test_accuracy"
 REFERENCE = ("random", "none")
+EVIDENCE_EPOCHS = (0.25, 0.5, 1.0, 3.0)  # where early accuracies are ranked against final ones
+ENOUGH_SEEDS = 0.8  # a headline strategy reaches the target on at least this share of seeds
+_SPEC = re.compile(
+    r"(?P<sampler>[a-z0-9]+)\+(?P<pruner>[a-z0-9]+)(?::(?P<k>\d+)x)?(?:@(?P<n>\d+))?"
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class HpoSettings:
     space: str
     samplers: tuple[str, ...] = ("random", "tpe")
     pruners: tuple[str, ...] = ("none", "median")
+    strategies: tuple[str, ...] = ()  # SAMPLER+PRUNER[:Kx][@N]; replaces samplers × pruners
     seeds: int = 3
     trials: int = 30
     epochs: int | None = None
@@ -53,14 +68,45 @@ class HpoSettings:
 
 
 @dataclass(frozen=True)
-class Combination:
+class StrategySpec:
+    """A sampler and pruner, how often trials report per epoch, and how many trials a study runs."""
+
     sampler: str
     pruner: str
+    reports_per_epoch: int
+    trials: int
+    default_trials: int  # --trials: a strategy of that many trials is named without them
+
+    @property
+    def name(self) -> str:
+        reports = f":{self.reports_per_epoch}x" if self.reports_per_epoch > 1 else ""
+        trials = f"@{self.trials}" if self.trials != self.default_trials else ""
+        return f"{self.sampler}+{self.pruner}{reports}{trials}"
+
+    @classmethod
+    def parse(cls, text: str, trials: int) -> StrategySpec:
+        match = _SPEC.fullmatch(text.strip())
+        if match is None:
+            raise SettingsError(
+                f"--strategies {text!r}: not SAMPLER+PRUNER[:Kx][@N], e.g. tpe+sha:4x@60"
+            )
+        return cls(
+            match["sampler"],
+            match["pruner"],
+            int(match["k"] or 1),
+            int(match["n"] or trials),
+            trials,
+        )
+
+
+@dataclass(frozen=True)
+class Combination:
+    spec: StrategySpec
     seed: int
 
     @property
     def strategy(self) -> str:
-        return f"{self.sampler}+{self.pruner}"
+        return self.spec.name
 
     def study_name(self, prefix: str) -> str:
         return f"{prefix}/{self.strategy}/seed{self.seed}"
@@ -68,16 +114,28 @@ class Combination:
 
 @dataclass(frozen=True)
 class Strategy:
-    """One sampler+pruner over all seeds: its curves and what they say."""
+    """One strategy over all seeds: its curves and what they say."""
 
     name: str
-    by_seconds: list[curves.StepCurve]
+    spec: StrategySpec
+    by_seconds: list[curves.StepCurve]  # by cost: training, sampling and pruning seconds
     by_trials: list[curves.StepCurve]
     final: curves.Interval
-    to_target: curves.TargetTimes
+    to_target: curves.TargetTimes  # by cost
+    to_target_training: curves.TargetTimes  # by training seconds alone
     training_seconds: float  # mean over seeds
+    search_seconds: float  # mean over seeds: the sampler's and pruner's own wall time
     epochs_saved: float  # share of the epochs a study without pruning would have run
     test_accuracy: list[float] = field(default_factory=list)  # each seed's best trial
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How well early accuracies rank configurations as their final results do."""
+
+    strategy: str  # whose trials: random search without pruning, reporting most often
+    trials: int
+    at: dict[float, curves.Interval]  # epochs -> Spearman's rho [95 % CI]
 
 
 @dataclass(frozen=True)
@@ -89,54 +147,69 @@ class Comparison:
     epochs: int
     task: str
     model: str
+    evidence: Evidence | None = None
 
     def headline(self) -> str:
-        """The fastest strategy to the reference's final accuracy, in one line."""
+        """The cheapest strategy to the reference's final accuracy, in one line."""
         reference = next(s for s in self.strategies if s.name == self.reference)
         target = reference.to_target.target
         others = [
             s
             for s in self.strategies
-            if s.name != self.reference and np.isfinite(s.to_target.ratio.value)
+            if s.name != self.reference and s.to_target.reached >= ENOUGH_SEEDS
         ]
         seeds = f"{self.settings.seeds} seed{'s' if self.settings.seeds > 1 else ''}"
         if not others:
             return (
-                f"no strategy reached {self.reference}'s final accuracy ({target:.4f}) within "
-                f"{self.settings.trials} trials, {seeds}"
+                f"no strategy reached {self.reference}'s final accuracy ({target:.4f}) on "
+                f"{ENOUGH_SEEDS:.0%} of the seeds, {seeds}"
             )
         best = min(others, key=lambda s: s.to_target.ratio.value)
         ratio = best.to_target.ratio
         return (
             f"{best.name} reached {self.reference}'s final accuracy ({target:.4f}) in "
-            f"{ratio.value:.2f}× its training time (95 % CI {_fmt_ratio(ratio.low)}–"
-            f"{_fmt_ratio(ratio.high)}), {seeds}"
+            f"{ratio.value:.2f}× its cost (95 % CI {_fmt_ratio(ratio.low)}–"
+            f"{_fmt_ratio(ratio.high)}) on {best.to_target.reached:.0%} of {seeds}"
         )
 
 
-def combinations(settings: HpoSettings) -> list[Combination]:
+def specs(settings: HpoSettings) -> list[StrategySpec]:
+    """``--strategies``, or every ``--samplers`` × ``--pruners`` pair."""
+    if settings.strategies:
+        return [StrategySpec.parse(text, settings.trials) for text in settings.strategies]
     return [
-        Combination(sampler, pruner, seed)
+        StrategySpec(sampler, pruner, 1, settings.trials, settings.trials)
         for sampler in settings.samplers
         for pruner in settings.pruners
-        for seed in range(settings.seeds)
     ]
 
 
+def combinations(settings: HpoSettings) -> list[Combination]:
+    return [Combination(spec, seed) for spec in specs(settings) for seed in range(settings.seeds)]
+
+
 def reference_of(settings: HpoSettings) -> str:
-    """random+none when it is among the strategies, else the first one."""
-    sampler, pruner = REFERENCE
-    if sampler in settings.samplers and pruner in settings.pruners:
-        return f"{sampler}+{pruner}"
-    return f"{settings.samplers[0]}+{settings.pruners[0]}"
+    """random+none (at --trials, once per epoch) when it is among the strategies, else the first."""
+    names = [spec.name for spec in specs(settings)]
+    return "+".join(REFERENCE) if "+".join(REFERENCE) in names else names[0]
 
 
 def check(settings: HpoSettings) -> None:
     """Every setting, before anything is created."""
+    given = specs(settings)
     for flag, names, known in (
         ("--samplers", settings.samplers, studies.SAMPLERS),
         ("--pruners", settings.pruners, studies.PRUNERS),
+        ("--strategies", tuple(s.sampler for s in given), studies.SAMPLERS),
+        ("--strategies", tuple(s.pruner for s in given), studies.PRUNERS),
     ):
+        if flag == "--strategies":
+            for name in names:
+                if name not in known:
+                    raise SettingsError(
+                        f"--strategies: {name!r} is unknown; choose from {', '.join(known)}"
+                    )
+            continue
         if not names:
             raise SettingsError(f"{flag}: name at least one")
         for name in names:
@@ -147,6 +220,12 @@ def check(settings: HpoSettings) -> None:
     for flag, value in (("--seeds", settings.seeds), ("--trials", settings.trials)):
         if value < 1:
             raise SettingsError(f"{flag} must be at least 1, got {value}")
+    for spec in given:
+        if spec.trials < 1 or spec.reports_per_epoch < 1:
+            raise SettingsError(f"--strategies {spec.name}: trials and reports must be at least 1")
+    names = [spec.name for spec in given]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"--strategies {','.join(names)}: a strategy is repeated")
     if settings.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
     if settings.epochs is not None and settings.epochs < 1:
@@ -164,8 +243,8 @@ def run(settings: HpoSettings, echo: Any = print) -> Comparison:
     storage = studies.open_storage(url, create=True)
     todo = [c for c in combinations(settings) if not _complete(storage, url, settings, c)]
     echo(
-        f"bench {settings.prefix}: {len(settings.samplers)} samplers × {len(settings.pruners)} "
-        f"pruners × {settings.seeds} seeds × {settings.trials} trials in {studies.describe(url)}; "
+        f"bench {settings.prefix}: {len(specs(settings))} strategies × {settings.seeds} seeds "
+        f"in {studies.describe(url)}; "
         + (f"{len(todo)} studies to run, {settings.jobs} at a time" if todo else "all done")
     )
     if todo:
@@ -192,7 +271,8 @@ def _complete(storage: Any, url: str, settings: HpoSettings, combination: Combin
         new="benchmark them in another --storage",
     )
     return (
-        studies.count_finished(study) >= settings.trials and TEST_ACCURACY_ATTR in study.user_attrs
+        studies.count_finished(study) >= combination.spec.trials
+        and TEST_ACCURACY_ATTR in study.user_attrs
     )
 
 
@@ -295,12 +375,13 @@ def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> 
     from search.runner import RunSettings
 
     return RunSettings(
-        trials=settings.trials,
+        trials=combination.spec.trials,
         study=combination.study_name(settings.prefix),
         space=settings.space,
         storage=url,
-        sampler=combination.sampler,
-        pruner=combination.pruner,
+        sampler=combination.spec.sampler,
+        pruner=combination.spec.pruner,
+        reports_per_epoch=combination.spec.reports_per_epoch,
         epochs=settings.epochs,
         seed=combination.seed,
         device=settings.device,
@@ -333,7 +414,10 @@ def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
         data,
         best.params,
         seed=studies.trial_attrs(best)["seed"],
-        epochs=studies.trial_attrs(best).get("epochs_run", len(best.intermediate_values)),
+        epochs=math.ceil(
+            studies.trial_attrs(best).get("epochs_run", len(best.intermediate_values))
+        ),
+        reports_per_epoch=studies.reports_per_epoch(best),
     )
     accuracy = retrain.test_accuracy(again.model, data, task.load(settings.data_dir, False, False))
     study.set_user_attr(
@@ -353,6 +437,7 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
     storage = studies.open_storage(url, create=False)
     names = set(studies.study_names(storage))
     by_strategy: dict[str, list[optuna.Study]] = {}
+    spec_of = {spec.name: spec for spec in specs(settings)}
     for combination in combinations(settings):
         name = combination.study_name(settings.prefix)
         if name not in names:
@@ -363,18 +448,25 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
     reference = reference_of(settings)
     seeds_curves = {name: [_curves(s) for s in group] for name, group in by_strategy.items()}
     resamples = curves.resample_indices(settings.seeds, np.random.default_rng(0))
-    reference_curves = [c[0] for c in seeds_curves[reference]]
+    reference_cost = [c.cost for c in seeds_curves[reference]]
+    reference_training = [c.training for c in seeds_curves[reference]]
     strategies = []
     for name, group in by_strategy.items():
-        by_seconds = [c[0] for c in seeds_curves[name]]
+        by_cost = [c.cost for c in seeds_curves[name]]
+        training = [c.training for c in seeds_curves[name]]
         strategies.append(
             Strategy(
                 name=name,
-                by_seconds=by_seconds,
-                by_trials=[c[1] for c in seeds_curves[name]],
-                final=curves.final(by_seconds, resamples),
-                to_target=curves.time_to_target(by_seconds, reference_curves, resamples),
-                training_seconds=float(np.mean([c.costs[-1] for c in by_seconds])),
+                spec=spec_of[name],
+                by_seconds=by_cost,
+                by_trials=[c.trials for c in seeds_curves[name]],
+                final=curves.final(by_cost, resamples),
+                to_target=curves.time_to_target(by_cost, reference_cost, resamples),
+                to_target_training=curves.time_to_target(training, reference_training, resamples),
+                training_seconds=float(np.mean([c.costs[-1] for c in training])),
+                search_seconds=float(
+                    np.mean([a.costs[-1] - b.costs[-1] for a, b in zip(by_cost, training)])
+                ),
                 epochs_saved=float(np.mean([_epochs_saved(s, first["epochs"]) for s in group])),
                 test_accuracy=[
                     s.user_attrs[TEST_ACCURACY_ATTR]["accuracy"]
@@ -384,17 +476,60 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
             )
         )
     return Comparison(
-        settings, url, reference, strategies, first["epochs"], first["task"], first["model"]
+        settings,
+        url,
+        reference,
+        strategies,
+        first["epochs"],
+        first["task"],
+        first["model"],
+        evidence=evidence(by_strategy, spec_of),
     )
 
 
-def _curves(study: optuna.Study) -> tuple[curves.StepCurve, curves.StepCurve]:
-    """Best so far against cumulative training seconds and against trial count."""
+def evidence(
+    by_strategy: dict[str, list[optuna.Study]], spec_of: dict[str, StrategySpec]
+) -> Evidence | None:
+    """Rank agreement of early and final accuracies over the trials of random search without
+    pruning, from the strategy of that kind that reports most often (None if there is none)."""
+    unpruned = [spec for spec in spec_of.values() if (spec.sampler, spec.pruner) == REFERENCE]
+    if not unpruned:
+        return None
+    spec = max(unpruned, key=lambda s: (s.reports_per_epoch, s.trials))
+    trials = [
+        t
+        for study in by_strategy[spec.name]
+        for t in study.get_trials(deepcopy=False)
+        if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    finals = [studies.trial_result(t) for t in trials]
+    accuracies = [studies.epoch_accuracies(t) for t in trials]
+    rng = np.random.default_rng(0)
+    at = {
+        epochs: curves.rank_agreement([a.get(epochs, np.nan) for a in accuracies], finals, rng)
+        for epochs in EVIDENCE_EPOCHS
+        if all(epochs in a for a in accuracies)
+    }
+    return Evidence(spec.name, len(trials), at)
+
+
+@dataclass(frozen=True)
+class _SeedCurves:
+    cost: curves.StepCurve  # by training, sampling and pruning seconds
+    training: curves.StepCurve  # by training seconds alone
+    trials: curves.StepCurve  # by trial count
+
+
+def _curves(study: optuna.Study) -> _SeedCurves:
+    """Best so far against cumulative cost, against training seconds and against trial count."""
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
     results = [studies.trial_result(t) for t in trials]
-    by_seconds = [studies.trial_attrs(t).get("seconds", 0.0) for t in trials]
-    return (
-        curves.StepCurve.best_so_far(by_seconds, results),
+    attrs = [studies.trial_attrs(t) for t in trials]
+    training = [a.get("seconds", 0.0) for a in attrs]
+    search = [a.get("sampling_seconds", 0.0) + a.get("pruning_seconds", 0.0) for a in attrs]
+    return _SeedCurves(
+        curves.StepCurve.best_so_far([t + s for t, s in zip(training, search)], results),
+        curves.StepCurve.best_so_far(training, results),
         curves.StepCurve.best_so_far([1.0] * len(trials), results),
     )
 

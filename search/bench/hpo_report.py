@@ -22,12 +22,14 @@ _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 def render(comparison: Comparison) -> str:
     settings = comparison.settings
     intro = (
-        f"{len(settings.samplers)} samplers × {len(settings.pruners)} pruners × {settings.seeds} "
-        f"seeds × {settings.trials} trials of task {comparison.task} (model {comparison.model}, "
-        f"up to {comparison.epochs} epochs), from {html.escape(studies.describe(comparison.url))}. "
-        "Lines are the interquartile mean over seeds of the best validation accuracy found so "
-        "far; bands are 95 % percentile-bootstrap intervals over seeds. The accuracy axis starts "
-        "where most of the curves are (double-click a chart to see all of it)."
+        f"{len(comparison.strategies)} strategies × {settings.seeds} seeds of task "
+        f"{comparison.task} (model {comparison.model}, up to {comparison.epochs} epochs), from "
+        f"{html.escape(studies.describe(comparison.url))}. A strategy named "
+        "SAMPLER+PRUNER:Kx@N reports K times per epoch and runs N trials. Lines are the "
+        "interquartile mean over seeds of the best validation accuracy found so far, against "
+        "cost: each trial's training seconds plus its sampler's and pruner's own; bands are "
+        "95 % percentile-bootstrap intervals over seeds. The accuracy axis starts where most of "
+        "the curves are (double-click a chart to see all of it)."
     )
     sections = [
         report.section(
@@ -45,12 +47,13 @@ def render(comparison: Comparison) -> str:
         ),
         report.section(
             "Time to the reference's accuracy",
-            f"Training seconds each strategy's IQM curve needed to reach {comparison.reference}'s "
-            f"final IQM ({_reference(comparison).to_target.target:.4f}), as a multiple of "
-            f"{comparison.reference}'s own; below 1 is faster. Strategies that never reached it "
-            "are left out.",
+            f"What each seed spent until its best first reached {comparison.reference}'s final "
+            f"IQM ({_reference(comparison).to_target.target:.4f}), or all it spent if it never "
+            f"did; the IQM over seeds as a multiple of {comparison.reference}'s own (below 1 is "
+            "cheaper), with its paired-bootstrap 95 % interval.",
             [_ratio_figure(comparison)],
         ),
+        *_evidence_section(comparison),
         report.section(
             "All strategies",
             "Final best: IQM over seeds [95 % CI]. Test accuracy: each seed's best trial retrained "
@@ -68,14 +71,47 @@ def _reference(comparison: Comparison) -> Strategy:
 
 
 def _styles(comparison: Comparison) -> dict[str, tuple[str, str]]:
-    """A colour per sampler and a dash per pruner, so the 2-D grid of strategies reads at once."""
+    """A colour per sampler and a dash per pruner (with its reports and trials), so the grid of
+    strategies reads at once."""
     palette = plotly.colors.qualitative.D3
-    samplers, pruners = comparison.settings.samplers, comparison.settings.pruners
+    samplers = list(dict.fromkeys(s.spec.sampler for s in comparison.strategies))
+    pruners = list(dict.fromkeys(s.name.split("+", 1)[1] for s in comparison.strategies))
     return {
-        f"{s}+{p}": (palette[i % len(palette)], _DASHES[j % len(_DASHES)])
-        for i, s in enumerate(samplers)
-        for j, p in enumerate(pruners)
+        s.name: (
+            palette[samplers.index(s.spec.sampler) % len(palette)],
+            _DASHES[pruners.index(s.name.split("+", 1)[1]) % len(_DASHES)],
+        )
+        for s in comparison.strategies
     }
+
+
+def _evidence_section(comparison: Comparison) -> list[str]:
+    evidence = comparison.evidence
+    if evidence is None or not evidence.at:
+        return []
+    rows = [
+        (
+            "",
+            [
+                (epochs, f"{epochs:g}"),
+                (rho.value, f"{rho.value:.2f} [{rho.low:.2f}–{rho.high:.2f}]"),
+            ],
+        )
+        for epochs, rho in evidence.at.items()
+    ]
+    return [
+        report.section(
+            "What pruning can save",
+            f"Over the {evidence.trials} complete trials of {evidence.strategy} (random "
+            "configurations trained to the end): Spearman's rank correlation between each "
+            "configuration's validation accuracy after a number of epochs and its final result, "
+            "with a 95 % bootstrap interval over the configurations. Near 1, stopping there "
+            "would rank configurations as training them through does: the bound on what any "
+            "pruner can save on this task.",
+            [],
+            report.sortable_table(["after epochs", "Spearman's rho [95% CI]"], rows),
+        )
+    ]
 
 
 def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
@@ -156,7 +192,7 @@ def _ratio_figure(comparison: Comparison) -> go.Figure:
     )
     figure.add_vline(x=1, line_dash="dash", line_color="#777")
     figure.update_layout(
-        xaxis_title=f"training time to target ÷ {comparison.reference}'s (log)",
+        xaxis_title=f"cost to target ÷ {comparison.reference}'s (log)",
         yaxis={"autorange": "reversed"},
     )
     figure.update_xaxes(type="log")
@@ -168,14 +204,18 @@ def _table(comparison: Comparison) -> str:
         "strategy",
         "final best",
         "s to target",
-        f"× {comparison.reference} time",
+        f"× {comparison.reference}",
+        f"× {comparison.reference}, training s only",
+        "seeds reaching",
         "epochs saved by pruning",
         "training s per seed",
+        "sampler + pruner s per seed",
         "test accuracy of best",
     ]
     rows = []
     for s in comparison.strategies:
         final, cost, ratio = s.final, s.to_target.cost, s.to_target.ratio
+        training = s.to_target_training.ratio
         tests = s.test_accuracy
         cells = [
             (s.name, s.name),
@@ -184,12 +224,12 @@ def _table(comparison: Comparison) -> str:
                 _key(cost.value),
                 f"{_num(cost.value, '.1f')} [{_num(cost.low, '.1f')}–{_num(cost.high, '.1f')}]",
             ),
-            (
-                _key(ratio.value),
-                f"{_num(ratio.value, '.2f')} [{_num(ratio.low, '.2f')}–{_num(ratio.high, '.2f')}]",
-            ),
+            (_key(ratio.value), _interval(ratio)),
+            (_key(training.value), _interval(training)),
+            (s.to_target.reached, f"{s.to_target.reached:.0%}"),
             (s.epochs_saved, f"{100 * s.epochs_saved:.0f} %"),
             (s.training_seconds, f"{s.training_seconds:.1f}"),
+            (s.search_seconds, f"{s.search_seconds:.1f}"),
             (
                 float(np.mean(tests)) if tests else -1,
                 f"{np.mean(tests):.4f} ({min(tests):.4f}–{max(tests):.4f})" if tests else "",
@@ -206,25 +246,52 @@ def table_lines(comparison: Comparison) -> list[str]:
             "strategy",
             "final best [95% CI]",
             "s to target",
-            f"× {comparison.reference}",
-            "pruned epochs",
+            f"× {comparison.reference} [95% CI]",
+            "× (training s)",
+            "seeds",
+            "pruned",
             "test acc",
         ]
     ]
     for s in comparison.strategies:
-        final, ratio = s.final, s.to_target.ratio
+        final = s.final
         rows.append(
             [
                 s.name,
                 f"{final.value:.4f} [{final.low:.4f}–{final.high:.4f}]",
                 _num(s.to_target.cost.value, ".1f"),
-                f"{_num(ratio.value, '.2f')} [{_num(ratio.low, '.2f')}–{_num(ratio.high, '.2f')}]",
+                _interval(s.to_target.ratio),
+                _num(s.to_target_training.ratio.value, ".2f"),
+                f"{round(s.to_target.reached * len(s.by_seconds))}/{len(s.by_seconds)}",
                 f"{100 * s.epochs_saved:.0f} %",
                 f"{np.mean(s.test_accuracy):.4f}" if s.test_accuracy else "-",
             ]
         )
+    lines = _aligned(rows)
+    evidence = comparison.evidence
+    if evidence is not None and evidence.at:
+        lines += [
+            "",
+            f"rank agreement with the final result ({evidence.strategy}, {evidence.trials} "
+            "trials; Spearman [95% CI]):",
+        ]
+        lines += _aligned(
+            [["  after epochs", "rho"]]
+            + [
+                [f"  {epochs:g}", f"{rho.value:.2f} [{rho.low:.2f}–{rho.high:.2f}]"]
+                for epochs, rho in evidence.at.items()
+            ]
+        )
+    return lines
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _interval(value: curves.Interval) -> str:
+    return f"{_num(value.value, '.2f')} [{_num(value.low, '.2f')}–{_num(value.high, '.2f')}]"
 
 
 def _steps(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:

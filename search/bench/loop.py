@@ -278,13 +278,16 @@ def reference_fit(
     on_epoch: Any = None,
     checkpoint: Any = None,
     history: list[EpochResult] | None = None,
+    reports_per_epoch: int = 1,
 ) -> list[EpochResult]:
     """`train.fit`'s signature on the reference loop, for `search bench study`'s second study.
 
     Each epoch trains the tutorial way (see the module docstring) and then scores the validation
     split with the harness's `evaluate`, so the two studies differ in the training loop only. It
-    keeps no checkpoints: a reference study is not resumed.
+    keeps no checkpoints (a reference study is not resumed) and reports once per epoch.
     """
+    if reports_per_epoch != 1:
+        raise ValueError(f"the reference loop reports once per epoch, not {reports_per_epoch}")
     device = data.device
     model.to(device)
     optimizer = make_optimizer(hp, model.parameters())

@@ -21,9 +21,8 @@ from typing import Any
 
 import optuna
 
-from search import spaces
+from search import spaces, target
 from search import study as studies
-from search import target
 from search.bench.bookkeeping import Bookkeeping, Meter
 from search.bench.loop import pil_readable, reference_fit
 from search.errors import SettingsError
