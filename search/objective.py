@@ -1,9 +1,10 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
 Every trial, however it ends, records what it cost: its seed, device, the path its data took
-(resident or streamed), parameter count, epochs run, training seconds, per-epoch seconds, images/s
-and train loss, peak memory, and the wall time its sampler and pruner took, as one user attr (`search.study.TRIAL_ATTR`, read through
-`search.study.trial_attrs`), so that a trial's bookkeeping is one write rather than one per key;
+(resident or streamed), parameter count, epochs run, training seconds, per-report seconds,
+images/s and train loss, peak memory, and the wall time its sampler and pruner took, as one user
+attr (`search.study.TRIAL_ATTR`, read through `search.study.trial_attrs`), so that a trial's
+bookkeeping is one write rather than one per key;
 its ``fail_reason`` is a user attr of its own, which the claim at the target counts in SQL. And a
 markdown note (params and a row per report) that optuna-dashboard shows beside the trial.
 

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from search.study import count_finished, trial_attrs
+from search.study import count_finished, epochs_text, trial_attrs
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -19,7 +19,7 @@ def trial_line(trial: FrozenTrial) -> str:
     """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped."""
     state = trial.state.name
     attrs = trial_attrs(trial)
-    epochs = attrs.get("epochs_run", 0)
+    epochs = epochs_text(attrs.get("epochs_run", 0))
     seconds = attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
         outcome = f"val_acc {trial.values[0]:.4f}"

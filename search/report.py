@@ -49,9 +49,11 @@ class Facts:
             attrs = studies.trial_attrs(t)
             epoch_seconds = attrs.get("epoch_seconds") or []
             if t.state == TrialState.PRUNED and max_epochs and epoch_seconds:
-                # Epochs the pruner spared, at this trial's own measured epoch time.
-                not_run = max_epochs - attrs.get("epochs_run", len(epoch_seconds))
-                saved += not_run * sum(epoch_seconds) / len(epoch_seconds)
+                # Epochs the pruner spared, at this trial's own measured epoch time (its
+                # seconds are per report: per epoch, or k per epoch).
+                run = attrs.get("epochs_run", len(epoch_seconds))
+                if run:
+                    saved += (max_epochs - run) * sum(epoch_seconds) / run
         completed = charts.complete(trials)
         return cls(
             study=study,
@@ -283,7 +285,7 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
     for t in sorted(trials, key=lambda t: t.number):
         attrs = studies.trial_attrs(t)
         reason = attrs.get("fail_detail") or (
-            f"pruned at epoch {attrs.get('epochs_run', t.last_step)}"
+            f"pruned at epoch {studies.epochs_text(attrs.get('epochs_run', t.last_step))}"
             if t.state == TrialState.PRUNED
             else ""
         )
@@ -295,7 +297,7 @@ def _trial_table(trials: list[FrozenTrial]) -> str:
                 f"{t.values[0]:.4f}" if t.values else "",
             ),
             *((t.params.get(p, ""), _fmt(t.params.get(p, ""))) for p in param_names),
-            (attrs.get("epochs_run", 0), str(attrs.get("epochs_run", ""))),
+            (attrs.get("epochs_run", 0), studies.epochs_text(attrs.get("epochs_run"))),
             (attrs.get("seconds", 0.0), f"{attrs.get('seconds', 0.0):.2f}"),
             (reason, reason),
         ]

@@ -372,8 +372,9 @@ def resume_settings(
     for key in FIXED_SETTINGS:
         value = getattr(settings, key)
         if value is not None and value != fixed[key]:
+            flag = "--" + key.replace("_", "-")
             raise SettingsError(
-                f"--{key} {value}: study {study.study_name} was created with --{key} {fixed[key]}; "
+                f"{flag} {value}: study {study.study_name} was created with {flag} {fixed[key]}; "
                 f"a study's search settings are fixed, {new}"
             )
     return space, fixed

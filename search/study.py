@@ -278,12 +278,11 @@ def make_pruner(name: str, epochs: int, reports_per_epoch: int = 1) -> optuna.pr
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "patient":
         # The median pruner, but a trial whose accuracy still rose within the last epoch goes on.
-        warnings.filterwarnings(
-            "ignore", "PatientPruner is experimental", optuna.exceptions.ExperimentalWarning
-        )
-        return optuna.pruners.PatientPruner(
-            make_pruner("median", epochs, reports_per_epoch), patience=reports_per_epoch
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.PatientPruner(
+                make_pruner("median", epochs, reports_per_epoch), patience=reports_per_epoch
+            )
     if name == "none":
         return optuna.pruners.NopPruner()
     raise SettingsError(f"--pruner {name!r}: unknown; choose one of {', '.join(PRUNERS)}")
@@ -359,6 +358,11 @@ def epoch_accuracies(trial: FrozenTrial) -> dict[float, float]:
 def reports_per_epoch(trial: FrozenTrial) -> int:
     """How often ``trial`` reported per epoch (trials recorded before this could vary: once)."""
     return int(trial_attrs(trial).get("reports_per_epoch", 1))
+
+
+def epochs_text(epochs: float | None) -> str:
+    """Epochs as shown: ``3``, or ``2.25`` for a trial stopped at a report inside an epoch."""
+    return "?" if epochs is None else f"{epochs:g}"
 
 
 def step_in_epochs(step: int, reports_per_epoch: int) -> float:

@@ -99,7 +99,7 @@ def show(study: optuna.Study, url: str) -> str:
         )
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
     lines.append(
-        f"        {attrs.get('epochs_run', '?')} epochs, {seconds:.1f} s, "
+        f"        {studies.epochs_text(attrs.get('epochs_run'))} epochs, {seconds:.1f} s, "
         f"{max(throughput):,.0f} images/s, {attrs.get('param_count', 0):,} parameters"
     )
     return "\n".join(lines)
@@ -151,7 +151,7 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
     for row in rows:
         results = "  ".join(f"{o} {_fmt(v)}" for o, v in row["objectives"].items())
         lines.append(
-            f"#{row['trial']:<4} {results}  {row['epochs_run']} epochs  "
+            f"#{row['trial']:<4} {results}  {studies.epochs_text(row['epochs_run'])} epochs  "
             f"{(row['seconds'] or 0):.1f} s  seed {row['seed']}"
         )
         lines.append(f"      {format_params(row['params'])}")

@@ -50,7 +50,9 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
     # The evidence, from the trials of random search that report 4 times per epoch.
     assert "rank agreement with the final result (random+none:4x, 8 trials" in first.stdout
     for epochs in ("0.25", "0.5", "1", "3"):
-        assert re.search(rf"^  {re.escape(epochs)} +-?\d\.\d\d \[", first.stdout, re.M), epochs
+        assert re.search(rf"^  {re.escape(epochs)} +-?\d\.\d\d \[", first.stdout, re.MULTILINE), (
+            epochs
+        )
     assert lines[-1] == "report: reports/bench-mnist1d-tiny.html"
     page = (bench_dir / "reports" / "bench-mnist1d-tiny.html").read_text()
     assert "What pruning can save" in page

@@ -42,6 +42,23 @@ def test_fit_learns_digits_and_reports_every_epoch(digits: DeviceData) -> None:
     assert all(r.seconds > 0 and r.images_per_second > 0 for r in history)
 
 
+@pytest.mark.parametrize("batch_size", [64, 512])
+def test_reports_inside_epochs_leave_training_as_it_was(
+    digits: DeviceData, batch_size: int
+) -> None:
+    """Evaluating draws no random numbers: each epoch ends the same however often it is
+    reported. An epoch of fewer steps than reports (512: two) reports one evaluation twice."""
+    hp = Hyperparameters(batch_size=batch_size)
+    once, thrice = (
+        fit(_model(), digits, hp, epochs=2, seed=1, reports_per_epoch=k) for k in (1, 3)
+    )
+    assert [r.step for r in thrice] == list(range(1, 7))
+    assert [r.epoch for r in thrice] == [pytest.approx(s / 3, abs=1e-6) for s in range(1, 7)]
+    assert [r.epoch for r in once] == [1, 2]
+    assert [r.val_accuracy for r in once] == [thrice[2].val_accuracy, thrice[5].val_accuracy]
+    assert sum(r.seconds for r in thrice) > 0
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
 def test_each_optimizer_trains(digits: DeviceData, optimizer: str) -> None:
     lr = {"sgd": 0.05, "adam": 3e-3, "rmsprop": 1e-3}[optimizer]

@@ -272,8 +272,10 @@ def table_lines(comparison: Comparison) -> list[str]:
     if evidence is not None and evidence.at:
         lines += [
             "",
-            f"rank agreement with the final result ({evidence.strategy}, {evidence.trials} "
-            "trials; Spearman [95% CI]):",
+            (
+                f"rank agreement with the final result ({evidence.strategy}, "
+                f"{evidence.trials} trials; Spearman [95% CI]):"
+            ),
         ]
         lines += _aligned(
             [["  after epochs", "rho"]]
