@@ -126,3 +126,40 @@ def test_bad_bench_settings_are_one_line_and_create_nothing(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "studies").exists() and not (tmp_path / "reports").exists()
+
+
+def test_time_to_target_charges_the_samplers_own_seconds(tmp_path: Path) -> None:
+    """Two strategies whose trials find the same accuracies in the same training seconds; one's
+    sampler takes a second per trial. Its cost to the target is twice the other's; its
+    training seconds alone are the same."""
+    settings = hpo.HpoSettings(
+        space=str(tmp_path / "synthetic.toml"), strategies=("random+none", "gp+none"), seeds=3
+    )
+    (tmp_path / "synthetic.toml").write_text(toml(tiny_mnist1d()))  # names the studies only
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    storage = studies.open_storage(url, create=True)
+    for combination in hpo.combinations(settings):
+        study = optuna.create_study(
+            storage=storage,
+            study_name=combination.study_name(settings.prefix),
+            direction="maximize",
+        )
+        study.set_user_attr(studies.SETTINGS_ATTR, {"epochs": 1, "task": "t", "model": "m"})
+        sampling = 1.0 if combination.spec.sampler == "gp" else 0.0
+        for number in range(6):
+            accuracy = 0.5 + 0.1 * ((number + combination.seed) % 4)
+            attrs = {"seconds": 1.0, "sampling_seconds": sampling, "pruning_seconds": 0.0}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    value=accuracy,
+                    intermediate_values={1: accuracy},
+                    user_attrs={studies.TRIAL_ATTR: {**attrs, "epochs_run": 1}},
+                )
+            )
+    comparison = hpo.compare(settings, url)
+    slow = next(s for s in comparison.strategies if s.name == "gp+none")
+    assert slow.to_target.ratio.value == pytest.approx(2.0)
+    assert slow.to_target_training.ratio.value == pytest.approx(1.0)
+    assert slow.search_seconds == pytest.approx(6.0) and slow.training_seconds == pytest.approx(6.0)
+    assert slow.to_target.reached == 1.0
+    assert comparison.evidence is not None and comparison.evidence.strategy == "random+none"

@@ -118,7 +118,8 @@ def seed_costs(curves: Sequence[StepCurve], targets: np.ndarray) -> tuple[np.nda
     reached = np.empty((len(targets), len(curves)), dtype=bool)
     for j, curve in enumerate(curves):
         values = np.nan_to_num(curve.values, nan=-np.inf)  # best so far: nondecreasing
-        first = np.searchsorted(values, targets, side="left")
+        # An IQM of equal accuracies can land a rounding error above them: that still reaches.
+        first = np.searchsorted(values, np.asarray(targets) - 1e-9, side="left")
         reached[:, j] = first < len(values)
         costs[:, j] = np.where(
             reached[:, j], curve.costs[np.minimum(first, len(values) - 1)], curve.costs[-1]
