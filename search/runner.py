@@ -160,6 +160,9 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         }
         if multi:
             echo(f"objectives {objectives}: pruning is off (Optuna's pruners need one objective)")
+        short = studies.brackets_short_of_tpe(fixed, settings.trials)
+        if short:
+            echo(short)
 
     task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
     if existing is not None:

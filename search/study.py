@@ -7,6 +7,7 @@ This is the only module that parses storage URLs. The default storage of study `
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 import re
@@ -259,6 +260,23 @@ def tpe_startup_trials(trials: int | None) -> int:
     """TPE's random trials before it models: a tenth of the target, 4 to Optuna's default 10
     (at 30 trials, Optuna's 10 would leave TPE a third of the budget in its random phase)."""
     return 10 if trials is None else min(10, max(4, trials // 10))
+
+
+def brackets_short_of_tpe(settings: dict[str, Any], trials: int) -> str | None:
+    """A warning when Hyperband's brackets leave TPE too few trials to model: TPE samples each
+    bracket from that bracket's trials alone, and starts each with its random trials."""
+    if (settings["sampler"], settings["pruner"]) != ("tpe", "hyperband"):
+        return None
+    steps = settings["epochs"] * settings.get("reports_per_epoch", 1)
+    brackets = math.floor(math.log(steps, 3) + 1e-9) + 1  # reduction factor 3, first rung 1 step
+    needed = 2 * brackets * tpe_startup_trials(trials)
+    if trials >= needed:
+        return None
+    return (
+        f"--pruner hyperband: its {brackets} brackets share the {trials} trials, and TPE starts "
+        f"each with {tpe_startup_trials(trials)} random ones; it models few before {needed} "
+        "trials (--pruner sha has one bracket)"
+    )
 
 
 def make_pruner(name: str, epochs: int, reports_per_epoch: int = 1) -> optuna.pruners.BasePruner:

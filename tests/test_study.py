@@ -255,3 +255,15 @@ def test_tpe_alone_samples_as_with_its_liar_and_lies_once_another_trial_runs(
     _quadratic(alone)
     assert not study.sampler._constant_liar
     assert not any(k.startswith("tpe:relative") for k in study.trials[alone.number].system_attrs)
+
+
+def test_hyperband_with_tpe_warns_when_its_brackets_leave_tpe_too_few_trials() -> None:
+    settings = {"sampler": "tpe", "pruner": "hyperband", "epochs": 10, "reports_per_epoch": 4}
+    # 40 steps: 4 brackets, each started with 4 random trials (a tenth of 30, at least 4).
+    assert studies.brackets_short_of_tpe(settings, 30) == (
+        "--pruner hyperband: its 4 brackets share the 30 trials, and TPE starts each with 4 "
+        "random ones; it models few before 32 trials (--pruner sha has one bracket)"
+    )
+    assert studies.brackets_short_of_tpe(settings, 100) is None
+    assert studies.brackets_short_of_tpe({**settings, "sampler": "random"}, 30) is None
+    assert [studies.tpe_startup_trials(n) for n in (None, 10, 30, 60, 200)] == [10, 4, 4, 6, 10]
