@@ -71,9 +71,11 @@ def show(study: optuna.Study, url: str) -> str:
             f"space   {space}  task {settings['task']}  model {settings['model']}"
             f"  epochs {settings['epochs']}"
         )
+        reports = settings.get("reports_per_epoch", 1)
         lines.append(
-            f"search  {settings['sampler']} sampler, {settings['pruner']} pruner, "
-            f"seed {settings['seed']}, objectives {settings.get('objectives', 'accuracy')}"
+            f"search  {settings['sampler']} sampler, {settings['pruner']} pruner"
+            + (f" ({reports} reports per epoch)" if reports > 1 else "")
+            + f", seed {settings['seed']}, objectives {settings.get('objectives', 'accuracy')}"
         )
     if environment:
         lines.append(f"device  {environment.get('device')} ({environment.get('device_name')})")

@@ -42,6 +42,7 @@ def test_a_study_reporting_four_times_per_epoch(cli, tmp_path: Path) -> None:
     assert "| 0.25 |" in notes and "| 1.75 |" in notes
     show = cli("show", "tiny")
     assert show.returncode == 0, show.stderr
+    assert "sha pruner (4 reports per epoch), seed 0" in show.stdout
     assert re.search(r"pruned at epoch 0\.(25|5|75)\b", show.stdout + run.stdout)
     report = cli("report", "tiny")
     assert report.returncode == 0, report.stderr

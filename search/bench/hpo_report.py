@@ -37,6 +37,7 @@ def render(comparison: Comparison) -> str:
             f"<p class='headline'><strong>{html.escape(comparison.headline())}</strong></p>",
             [],
         ),
+        *_evidence_section(comparison),
         report.section(
             "Best so far",
             intro,
@@ -53,7 +54,6 @@ def render(comparison: Comparison) -> str:
             "cheaper), with its paired-bootstrap 95 % interval.",
             [_ratio_figure(comparison)],
         ),
-        *_evidence_section(comparison),
         report.section(
             "All strategies",
             "Final best: IQM over seeds [95 % CI]. Test accuracy: each seed's best trial retrained "
@@ -155,8 +155,8 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
             )
         )
     figure.update_layout(
-        title="by cumulative training seconds" if by == "seconds" else "by trial",
-        xaxis_title="training seconds (log)" if by == "seconds" else "trials",
+        title="by cumulative cost" if by == "seconds" else "by trial",
+        xaxis_title="training, sampler and pruner seconds (log)" if by == "seconds" else "trials",
         yaxis_title="best validation accuracy (IQM)",
     )
     if by == "seconds":
