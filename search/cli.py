@@ -80,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--space", help="space file or shipped space name (default: digits)")
     run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/STUDY.db)")
     run.add_argument("--sampler", choices=studies.SAMPLERS, help="default: tpe")
-    run.add_argument("--pruner", choices=studies.PRUNERS, help="default: median")
+    run.add_argument("--pruner", choices=studies.PRUNERS, help="default: sha")
     run.add_argument("--epochs", type=int, help="most epochs per trial (default: the space's)")
     run.add_argument(
         "--reports-per-epoch",
         type=int,
         metavar="K",
-        help="validate and let the pruner decide K times per epoch (default: 1)",
+        help="validate and let the pruner decide K times per epoch (default: 4)",
     )
     run.add_argument(
         "--objectives",

@@ -385,7 +385,8 @@ def epochs_text(epochs: float | None) -> str:
 
 def step_in_epochs(step: int, reports_per_epoch: int) -> float:
     """A pruner's step (a report count) in epochs: whole numbers for one report per epoch."""
-    return step if reports_per_epoch == 1 else round(step / reports_per_epoch, 6)
+    value = round(step / reports_per_epoch, 6)
+    return int(value) if value.is_integer() else value
 
 
 def trial_result(trial: FrozenTrial) -> float | None:

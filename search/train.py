@@ -255,9 +255,8 @@ def fit(
 
 def _in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
     """Report ``report`` (1-based) of ``epoch``, in epochs: whole when reports are per epoch."""
-    if reports_per_epoch == 1:
-        return epoch
-    return round(epoch - 1 + report / reports_per_epoch, 6)
+    value = round(epoch - 1 + report / reports_per_epoch, 6)
+    return int(value) if value.is_integer() else value
 
 
 def evaluate(

@@ -37,8 +37,8 @@ def test_run_resume_list_show(cli, tmp_path, write_space) -> None:
     assert "best: " in first.stdout and "database: sqlite:///studies/tiny.db" in first.stdout
     study = _load(tmp_path, "tiny")
     assert len(study.trials) == 3 and studies.count_finished(study) == 3
-    assert all(
-        len(t.intermediate_values) == studies.trial_attrs(t)["epochs_run"] for t in study.trials
+    assert all(  # by default, 4 reports per epoch
+        len(t.intermediate_values) == 4 * studies.trial_attrs(t)["epochs_run"] for t in study.trials
     )
     assert study.user_attrs[studies.SETTINGS_ATTR]["sampler"] == "tpe"
     assert study.user_attrs[studies.ENVIRONMENT_ATTR]["versions"]["optuna"] == optuna.__version__
@@ -67,7 +67,7 @@ def test_run_resume_list_show(cli, tmp_path, write_space) -> None:
     best = _load(tmp_path, "tiny").best_trial
     assert f"best    trial {best.number}  val_acc {best.value:.4f}" in shown.stdout
     assert f"lr = {best.params['lr']}" in shown.stdout
-    assert "tpe sampler, median pruner, seed 1" in shown.stdout
+    assert "tpe sampler, sha pruner (4 reports per epoch), seed 1" in shown.stdout
 
 
 def test_resuming_with_a_changed_space_or_setting_is_refused(cli, tmp_path, write_space) -> None:
@@ -113,11 +113,12 @@ def test_diverging_trials_fail_with_a_reason_and_count_as_finished(
     study = _load(tmp_path, "diverge")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     for t in study.trials:
-        # Stopped at the epoch whose loss was NaN, not after all five.
+        # Stopped at the report whose loss was NaN (4 per epoch), not after all five epochs.
         epoch = studies.trial_attrs(t)["epochs_run"]
         assert studies.trial_attrs(t)["fail_reason"] == "diverged" and epoch < 5
-        assert len(t.intermediate_values) == epoch - 1
-        assert f"#{t.number:<4} FAIL     diverged at epoch {epoch}: train loss nan" in result.stdout
+        assert len(t.intermediate_values) == round(4 * epoch) - 1
+        text = studies.epochs_text(epoch)
+        assert f"#{t.number:<4} FAIL     diverged at epoch {text}: train loss nan" in result.stdout
     assert studies.count_finished(study) == 2
 
 
@@ -131,8 +132,8 @@ def test_mnist_from_a_data_dir(cli, tmp_path, write_space) -> None:
     assert result.returncode == 0, result.stderr
     trial = _load(tmp_path, "m").trials[0]
     assert studies.trial_attrs(trial)["epochs_run"] == 1
-    # 10 % of 300 images validate; the rest train, in full batches of 64 or 128
-    assert len(trial.intermediate_values) == 1
+    # 10 % of 300 images validate; the rest train, in full batches of 64 or 128: 4 reports
+    assert len(trial.intermediate_values) == 4
 
 
 def _no_study_files(tmp_path: Path) -> bool:
@@ -255,7 +256,8 @@ def test_ctrl_c_stops_the_trial_and_a_rerun_continues_it_from_its_checkpoint(
     assert studies.trial_attrs(retry)["resumed_from_epoch"] >= 1
     assert studies.trial_attrs(retry)["fail_reason"] is None  # not the copied "interrupted"
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert sorted(retry.intermediate_values) == list(range(1, 61))
+    # Every report of the restored epochs, then the rest: 4 per epoch.
+    assert sorted(retry.intermediate_values) == list(range(1, 4 * 60 + 1))
     assert not any((tmp_path / "studies" / "checkpoints" / "tiny").iterdir())
 
 

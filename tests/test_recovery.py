@@ -25,7 +25,7 @@ EPOCHS = 30
 def _start(cwd: Path, space: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*search_command(), "run", "--space", str(space), "--trials", str(TARGET)]
-        + ["--pruner", "none", "--heartbeat", "1"],
+        + ["--pruner", "none", "--reports-per-epoch", "1", "--heartbeat", "1"],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

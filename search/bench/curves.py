@@ -14,6 +14,7 @@ by Spearman's rank correlation (scipy's), bootstrapped over the configurations.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ def band(matrix: np.ndarray, resamples: np.ndarray) -> tuple[np.ndarray, np.ndar
     """IQM over seeds (rows of ``matrix``) and its percentile-bootstrap CI at every column."""
     boot = iqm(matrix[resamples], axis=1)  # resamples × columns
     tail = 100 * (1 - CONFIDENCE) / 2
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        # Before every resample has a first result, a column is all NaN: its band is NaN too.
+        warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(boot, [tail, 100 - tail], axis=0)
     return iqm(matrix, axis=0), low, high
 
