@@ -196,20 +196,10 @@ def reference_of(settings: HpoSettings) -> str:
 
 def check(settings: HpoSettings) -> None:
     """Every setting, before anything is created."""
-    given = specs(settings)
     for flag, names, known in (
         ("--samplers", settings.samplers, studies.SAMPLERS),
         ("--pruners", settings.pruners, studies.PRUNERS),
-        ("--strategies", tuple(s.sampler for s in given), studies.SAMPLERS),
-        ("--strategies", tuple(s.pruner for s in given), studies.PRUNERS),
     ):
-        if flag == "--strategies":
-            for name in names:
-                if name not in known:
-                    raise SettingsError(
-                        f"--strategies: {name!r} is unknown; choose from {', '.join(known)}"
-                    )
-            continue
         if not names:
             raise SettingsError(f"{flag}: name at least one")
         for name in names:
@@ -220,7 +210,13 @@ def check(settings: HpoSettings) -> None:
     for flag, value in (("--seeds", settings.seeds), ("--trials", settings.trials)):
         if value < 1:
             raise SettingsError(f"{flag} must be at least 1, got {value}")
+    given = specs(settings)
     for spec in given:
+        for name, known in ((spec.sampler, studies.SAMPLERS), (spec.pruner, studies.PRUNERS)):
+            if name not in known:
+                raise SettingsError(
+                    f"--strategies: {name!r} is unknown; choose from {', '.join(known)}"
+                )
         if spec.trials < 1 or spec.reports_per_epoch < 1:
             raise SettingsError(f"--strategies {spec.name}: trials and reports must be at least 1")
     names = [spec.name for spec in given]
