@@ -2,7 +2,7 @@
 
 On CUDA the step runs under bf16 autocast with channels_last tensors; on the CPU it is plain
 float32. The step loop never waits for the device: the loss is summed on the device and read once
-per epoch, which is also where a NaN/inf loss is caught.
+per report (each epoch, or k times per epoch), which is also where a NaN/inf loss is caught.
 """
 
 from __future__ import annotations
