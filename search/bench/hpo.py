@@ -442,7 +442,9 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
         by_strategy.setdefault(combination.strategy, []).append(study)
     first = next(iter(by_strategy.values()))[0].user_attrs[studies.SETTINGS_ATTR]
     reference = reference_of(settings)
-    seeds_curves = {name: [_curves(s) for s in group] for name, group in by_strategy.items()}
+    seeds_curves = {
+        name: [_curves(s, first["epochs"]) for s in group] for name, group in by_strategy.items()
+    }
     resamples = curves.resample_indices(settings.seeds, np.random.default_rng(0))
     reference_cost = [c.cost for c in seeds_curves[reference]]
     reference_training = [c.training for c in seeds_curves[reference]]
@@ -463,7 +465,7 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
                 search_seconds=float(
                     np.mean([a.costs[-1] - b.costs[-1] for a, b in zip(by_cost, training)])
                 ),
-                epochs_saved=float(np.mean([_epochs_saved(s, first["epochs"]) for s in group])),
+                epochs_saved=float(np.mean([c.epochs_saved for c in seeds_curves[name]])),
                 test_accuracy=[
                     s.user_attrs[TEST_ACCURACY_ATTR]["accuracy"]
                     for s in group
@@ -514,10 +516,12 @@ class _SeedCurves:
     cost: curves.StepCurve  # by training, sampling and pruning seconds
     training: curves.StepCurve  # by training seconds alone
     trials: curves.StepCurve  # by trial count
+    epochs_saved: float  # share of the epochs a study without pruning would have run
 
 
-def _curves(study: optuna.Study) -> _SeedCurves:
-    """Best so far against cumulative cost, against training seconds and against trial count."""
+def _curves(study: optuna.Study, epochs: int) -> _SeedCurves:
+    """Best so far against cumulative cost, against training seconds and against trial count;
+    and the share of ``epochs`` per trial that pruning saved."""
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
     results = [studies.trial_result(t) for t in trials]
     attrs = [studies.trial_attrs(t) for t in trials]
@@ -527,13 +531,8 @@ def _curves(study: optuna.Study) -> _SeedCurves:
         curves.StepCurve.best_so_far([t + s for t, s in zip(training, search)], results),
         curves.StepCurve.best_so_far(training, results),
         curves.StepCurve.best_so_far([1.0] * len(trials), results),
+        1 - sum(a.get("epochs_run", 0) for a in attrs) / (len(trials) * epochs) if trials else 0.0,
     )
-
-
-def _epochs_saved(study: optuna.Study, epochs: int) -> float:
-    trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
-    run = sum(studies.trial_attrs(t).get("epochs_run", 0) for t in trials)
-    return 1 - run / (len(trials) * epochs) if trials else 0.0
 
 
 def _fmt_ratio(value: float) -> str:
