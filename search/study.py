@@ -6,13 +6,14 @@ This is the only module that parses storage URLs. The default storage of study `
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import math
 import os
 import platform
 import re
 import subprocess
-import time
 import warnings
 from datetime import datetime
 from importlib import metadata
@@ -29,6 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import SettingsError, StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
 
 STUDIES_DIR = Path("studies")
@@ -139,24 +142,15 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-            try:
+            with _schema_lock(path):
                 storage = optuna.storages.RDBStorage(
                     _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
                 )
-            except sqlalchemy.exc.SQLAlchemyError:
-                if path is None or not create:
-                    raise
-                # Another command creating the same new file this instant: its tables are there
-                # a moment later ("table ... already exists" is its half-made schema).
-                time.sleep(1.0)
-                storage = optuna.storages.RDBStorage(
-                    _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
-                )
+                if path is not None and create:
+                    # Readers (a dashboard, `search list`) then never block the workers writing.
+                    with storage.engine.connect() as connection:
+                        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         if path is not None:
-            if create:
-                # Readers (a dashboard, `search list`) then never block the workers writing trials.
-                with storage.engine.connect() as connection:
-                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
             sqlalchemy.event.listen(storage.engine, "connect", _sync_at_checkpoints)
             storage.engine.dispose()  # the connections opened so far predate the listener
         return storage
@@ -172,6 +166,26 @@ def open_storage(
             ) from None
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"storage {describe(url)}: {first_line}") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the database's folder while Optuna creates or checks the schema.
+
+    Optuna's RDBStorage creates its tables and stamps their version on first open; two commands
+    opening one new SQLite file in the same instant both try, and one fails ("table already
+    exists", or a UNIQUE constraint on ``alembic_version``). The lock is on the folder, not the
+    file, so that it leaves nothing behind and never meets SQLite's own locks on the database.
+    """
+    if path is None:
+        yield
+        return
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _sync_at_checkpoints(dbapi_connection: Any, _record: Any) -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -188,6 +190,35 @@ def test_a_trial_killed_before_its_first_heartbeat_is_not_running_forever(tmp_pa
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert studies.original_number(study.trials[1]) == 0
+
+
+def _open_at_the_barrier(url: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        studies.open_storage(url, create=True)
+    except StorageError as e:
+        errors.put(str(e))
+
+
+def test_many_processes_opening_one_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Optuna creates the schema on first open; unserialized, one opener in a few dozen rounds
+    lost the race ("database is locked", "table alembic_version already exists")."""
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for round_ in range(10):
+        barrier = context.Barrier(6)
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        openers = [
+            context.Process(target=_open_at_the_barrier, args=(url, barrier, errors))
+            for _ in range(6)
+        ]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=120)
+        assert [opener.exitcode for opener in openers] == [0] * 6
+        assert errors.empty(), errors.get()
+        assert studies.study_names(studies.open_storage(url, create=False)) == []
 
 
 def test_worker_devices_and_threads() -> None:
