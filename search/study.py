@@ -47,6 +47,7 @@ SETTINGS_ATTR = "search.settings"
 SPACE_ATTR = "search.space"
 ENVIRONMENT_ATTR = "search.environment"
 FINGERPRINTS_ATTR = "search.fingerprints"  # the user's data and model code, to detect a change
+UID_ATTR = "search.uid"  # a new study's own random id: a tracker tells it from one of its name
 TRIAL_ATTR = "search.trial"  # a trial's costs, one user attr (see `trial_attrs`)
 
 with warnings.catch_warnings():
@@ -494,6 +495,14 @@ def original_number(trial: FrozenTrial) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         origin = _RETRY.retried_trial_number(trial)
     return trial.number if origin is None else origin
+
+
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The trial this one retries directly (the last of its chain of retries), or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = _RETRY.retry_history(trial)
+    return history[-1] if history else None
 
 
 def trial_seed(study_seed: int, number: int) -> int:
