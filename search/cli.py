@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_checkpoint_dir(run)
     _add_data_mode(run)
+    _add_trackers(run)
 
     worker = commands.add_parser(
         "worker",
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_checkpoint_dir(worker)
     _add_data_mode(worker)
+    _add_trackers(worker)
 
     listing = commands.add_parser(
         "list", parents=[common], help="list studies with trial counts and best value"
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on training + validation data, keeping the last epoch",
     )
     export.add_argument("--storage", help="storage URL (default: sqlite:///studies/STUDY.db)")
+    export.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log the model, its test accuracy and its files to this MLflow tracking URI",
+    )
     export.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     export.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
@@ -227,6 +234,22 @@ def _add_checkpoint_dir(parser: argparse.ArgumentParser) -> None:
             "where running trials keep per-epoch checkpoints; on several machines, a folder they "
             "all mount, so a trial of a dead worker resumes anywhere (default: studies/checkpoints)"
         ),
+    )
+
+
+def _add_trackers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="write a TensorBoard run per trial to DIR/STUDY/trial-N (kept for resumes; "
+        "pip install 'search[tensorboard]')",
+    )
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log the study and a nested run per trial to this MLflow tracking URI (a server URL "
+        "or sqlite:///FILE; kept for resumes; pip install 'search[mlflow]')",
     )
 
 
@@ -429,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
         reports_per_epoch=args.reports_per_epoch,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
         data_mode=args.data_mode,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
     )
     # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -468,6 +493,8 @@ def _worker(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
         data_mode=args.data_mode,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -603,6 +630,7 @@ def _export(args: argparse.Namespace) -> int:
             device=args.device,
             data_dir=args.data_dir.expanduser(),
             download=args.download,
+            mlflow=args.mlflow,
         )
     )
     metrics = exported.metrics
@@ -618,6 +646,8 @@ def _export(args: argparse.Namespace) -> int:
         else:
             print(f"  {name}: {check}")
     print(f"wrote {exported.out}/ (model.pt, config.toml, metrics.json and the files above)")
+    if "mlflow_run" in metrics:
+        print(f"logged to mlflow {args.mlflow}: run {metrics['mlflow_run']} (files under model/)")
     return 0
 
 

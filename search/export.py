@@ -36,7 +36,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search import references, retrain, runner, spaces, tasks
+from search import references, retrain, runner, spaces, tasks, trackers
 from search import study as studies
 from search.errors import SettingsError, StorageError
 from search.tasks import factory, placement, resolve
@@ -70,6 +70,7 @@ class ExportSettings:
     device: str | None = None
     data_dir: Path = Path("data")
     download: bool = False
+    mlflow: str | None = None  # also log the model, its accuracy and files to this tracking URI
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         raise SettingsError(f"--out {out}: {out.parent} is not a folder")
     url = settings.storage or studies.default_url(settings.study)
     study = studies.load_existing(settings.study, url)
+    mlflow_uri = None
+    if settings.mlflow:
+        mlflow_uri = trackers.resolve(None, None, settings.mlflow).mlflow
+        from search.trackers.mlflow import check_answers
+
+        check_answers(mlflow_uri)
     stored = study.user_attrs.get(studies.SETTINGS_ATTR)
     if stored is None or studies.SPACE_ATTR not in study.user_attrs:
         raise StorageError(f"study {settings.study} was not created by search run")
@@ -189,6 +196,11 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    if mlflow_uri:
+        from search.trackers.mlflow import log_export
+
+        uid = study.user_attrs.get(studies.UID_ATTR)
+        metrics["mlflow_run"] = log_export(mlflow_uri, settings.study, url, uid, out, metrics)
     return Exported(out, model, metrics, sample)
 
 

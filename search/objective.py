@@ -28,8 +28,9 @@ from search.checkpoint import FileCheckpoint
 from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, TrialFailure
 from search.spaces import Space
-from search.study import TRIAL_ATTR, original_number, trial_attrs, trial_seed
+from search.study import TRIAL_ATTR, original_number, retried_from, trial_attrs, trial_seed
 from search.tasks import Task
+from search.trackers import Tracker
 from search.train import EpochResult, Hyperparameters, TrainingData, fit, split_params
 
 
@@ -53,6 +54,7 @@ class Objective:
         objectives: tuple[str, ...] = ("accuracy",),
         train: Callable[..., list[EpochResult]] = fit,
         reports_per_epoch: int = 1,
+        tracker: Tracker | None = None,
     ) -> None:
         self.space = space
         self.task = task
@@ -63,6 +65,7 @@ class Objective:
         self.objectives = objectives
         self.train = train  # `search bench study` swaps in its reference loop; nothing else does
         self.reports_per_epoch = reports_per_epoch
+        self.tracker = tracker or Tracker()  # TensorBoard, MLflow: see `search.trackers`
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         # The sampler runs lazily, at the first suggest: this is its wall time (with the writes
@@ -81,6 +84,7 @@ class Objective:
             remember(trial.number, trials)  # and what the pruner compares the trial with
         # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
         origin = original_number(trials[trial.number])
+        self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         device = self.data.device
         torch.manual_seed(seed)  # model initialization
@@ -94,6 +98,7 @@ class Objective:
 
         def report_and_maybe_prune(result: EpochResult) -> None:
             nonlocal pruning_seconds
+            self.tracker.reported(trial.number, result)
             if len(self.objectives) > 1:
                 return
             trial.report(result.val_accuracy, result.step)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from search import spaces, workers
+from search import spaces, trackers, workers
 from search import study as studies
 from search.errors import SettingsError, SpaceError, StorageError
 from search.spaces import Space
@@ -61,6 +62,8 @@ class RunSettings:
     checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"  # shared by all workers of a study
     quiet: bool = False  # no line per trial, no progress bar (benchmarks print their own)
     data_mode: str = "auto"  # resident on the device, streamed from the host, or auto by size
+    tensorboard: Path | None = None  # a run per trial under DIR/STUDY (stored on the study)
+    mlflow: str | None = None  # a tracking URI: the study's run, a nested run per trial (stored)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
             f"running {settings.trials - finished_before} more on {where}"
         )
         workers.run_all(ready.plan, study=study, first_data=ready.data)
-    return RunResult.since(study, ready.plan.url, finished_before, start)
+    return _finish(ready.plan, RunResult.since(study, ready.plan.url, finished_before, start))
 
 
 def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult:
@@ -131,7 +134,15 @@ def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResul
         + ", ".join(sorted({str(d or ready.device) for d in plan.devices}))
     )
     workers.run_all(plan, study=study, first_data=ready.data)
-    return RunResult.since(study, plan.url, finished_before, start)
+    return _finish(plan, RunResult.since(study, plan.url, finished_before, start))
+
+
+def _finish(plan: workers.Plan, result: RunResult) -> RunResult:
+    if plan.trackers.mlflow:
+        from search.trackers.mlflow import end_study_run
+
+        end_study_run(plan.trackers, complete=result.finished >= plan.target)
+    return result
 
 
 def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: bool) -> _Prepared:
@@ -165,6 +176,8 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         if short:
             echo(short)
 
+    stored_trackers = existing.user_attrs.get(trackers.TRACKERS_ATTR) if existing else None
+    targets = trackers.resolve(stored_trackers, settings.tensorboard, settings.mlflow)
     task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
     if existing is not None:
         check_unchanged(existing, task)
@@ -185,11 +198,25 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
     _check_batch_sizes(space, data.n_train)
     resolve.check_model(task, space, data.examples(2))
 
+    uid = uuid.uuid4().hex  # a new study's; made here so that its MLflow run can carry it
+    # The trackers answer (MLflow's study run is found or made): the last check.
+    targets = trackers.prepare(
+        targets,
+        name,
+        {
+            "settings": fixed,
+            "space": space.data.get("params", {}),
+            "environment": studies.environment(device),
+            "storage": url,
+            "uid": existing.user_attrs.get(studies.UID_ATTR) if existing else uid,
+            "target": settings.trials,
+        },
+    )
     # Everything is checked: only now is a study created or changed.
     if existing is None:
         try:
             study = _create(
-                storage, url, name, space, task, fixed, device, settings.heartbeat, stale
+                storage, url, name, space, task, fixed, device, settings.heartbeat, stale, uid
             )
         except optuna.exceptions.DuplicatedStudyError:
             # Another command created it since we looked: join it as a resume, checked as one.
@@ -200,6 +227,8 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         )
     else:
         study = existing
+    if targets.stored() != (stored_trackers or {}):
+        study.set_user_attr(trackers.TRACKERS_ATTR, targets.stored())  # a resume writes there too
     plan = workers.Plan(
         study=name,
         url=url,
@@ -218,6 +247,7 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         # `search run` keeps its samplers' seeds reproducible; a worker may share its study
         # with workers of the same numbers on other machines.
         salt=0 if may_create else int.from_bytes(os.urandom(4), "little") or 1,
+        trackers=targets,
     )
     return _Prepared(plan, study, data, device)
 
@@ -232,6 +262,7 @@ def _create(
     device: Any,
     heartbeat: int,
     stale: bool,
+    uid: str,
 ) -> optuna.Study:
     """A new study that records its space, search settings, fingerprints and environment."""
     storage = storage or studies.open_storage(url, create=True, heartbeat=heartbeat)
@@ -256,6 +287,7 @@ def _create(
             "model": space.model,
         },
     )
+    study.set_user_attr(studies.UID_ATTR, uid)
     if task.fingerprint is not None:
         study.set_user_attr(studies.FINGERPRINTS_ATTR, task.fingerprint)
     study.set_user_attr(studies.ENVIRONMENT_ATTR, studies.environment(device))

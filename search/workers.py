@@ -14,12 +14,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from tqdm import tqdm
 
 from search import study as studies
 from search import target
@@ -28,6 +30,7 @@ from search.objective import Objective
 from search.progress import TrialLog
 from search.spaces import Space
 from search.tasks import Task, placement
+from search.trackers import Targets, open_trackers
 from search.train import TrainingData, pick_device
 
 
@@ -52,6 +55,9 @@ class Plan:
     checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"
     salt: int = 0  # tells apart the sampler seeds of workers on different machines
     reconnect_timeout: float = 300.0  # seconds to keep retrying a storage that stopped answering
+    trackers: Targets = field(
+        default_factory=Targets
+    )  # TensorBoard and MLflow, if the study has them
 
 
 def devices(device: str | None, gpus: list[int] | None, jobs: int) -> list[str | None]:
@@ -132,22 +138,26 @@ def work(
     )
     reports_per_epoch = fixed["reports_per_epoch"]
     study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"], reports_per_epoch)
-    objective = Objective(
-        plan.space,
-        plan.task,
-        data,
-        epochs=fixed["epochs"],
-        seed=fixed["seed"],
-        checkpoint_dir=plan.checkpoint_dir / plan.study,
-        objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
-        reports_per_epoch=reports_per_epoch,
-    )
-    with TrialLog(
-        total=plan.target,
-        done=studies.count_finished(study),
-        show_bar=show_bar and plan.show_trials,
-        show_lines=plan.show_trials,
-    ) as log:
+    with (
+        open_trackers(plan.trackers, plan.study, echo=_warn) as tracker,
+        TrialLog(
+            total=plan.target,
+            done=studies.count_finished(study),
+            show_bar=show_bar and plan.show_trials,
+            show_lines=plan.show_trials,
+        ) as log,
+    ):
+        objective = Objective(
+            plan.space,
+            plan.task,
+            data,
+            epochs=fixed["epochs"],
+            seed=fixed["seed"],
+            checkpoint_dir=plan.checkpoint_dir / plan.study,
+            objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
+            reports_per_epoch=reports_per_epoch,
+            tracker=tracker,
+        )
         target.run_until_target(
             study,
             objective,
@@ -157,9 +167,13 @@ def work(
             requeue_every=plan.heartbeat,
             timeout=plan.timeout,
             reconnect_timeout=plan.reconnect_timeout,
-            callbacks=[log],
+            callbacks=[log, tracker] if tracker.trackers else [log],
             name=name,
         )
+
+
+def _warn(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # above the progress bar, from any thread
 
 
 def _child(plan: Plan, index: int) -> None:
