@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import search_command, tiny_study, toml
+from conftest import search_command, tiny_space, tiny_study, toml
 from test_dashboard import Dashboard
 
 CHROMIUM = os.environ.get("SEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -171,3 +171,35 @@ def test_bench_report_draws_every_strategy_with_its_band(browser, tmp_path: Path
     page.locator("table.trials").nth(1).locator("th", has_text="final best").click()
     page.screenshot(path=str(tmp_path / "bench.png"), full_page=True)
     page.close()
+
+
+def test_mlflow_ui_lists_the_study_run_and_its_trials(browser, tmp_path: Path, write_space) -> None:
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path / "mlflow")
+    try:
+        space = write_space(tiny_space(epochs=1))
+        run = subprocess.run(
+            [*search_command(), "run", "--space", str(space), "--trials", "3"]
+            + ["--mlflow", server.url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        experiment = MlflowClient(server.url).get_experiment_by_name("tiny")
+        page, errors = _page(browser)
+        page.goto(f"{server.url}/#/experiments/{experiment.experiment_id}/runs")
+        study_run = page.get_by_text("tiny", exact=True)
+        study_run.first.wait_for()
+        # The trials are nested under the study's run: open it.
+        page.locator("[role=gridcell]", has=study_run).first.get_by_role("button").first.click()
+        for number in range(3):
+            page.get_by_text(f"trial-{number}", exact=True).wait_for()
+        page.screenshot(path=str(tmp_path / "mlflow.png"))
+        page.close()
+        assert not [e for e in errors if "Failed to load resource" not in e], errors
+    finally:
+        server.stop()
