@@ -242,14 +242,14 @@ def _add_trackers(parser: argparse.ArgumentParser) -> None:
         "--tensorboard",
         type=Path,
         metavar="DIR",
-        help="write a TensorBoard run per trial to DIR/STUDY/trial-N (kept for resumes; "
-        "pip install 'search[tensorboard]')",
+        help="write a TensorBoard run per trial to DIR/STUDY/trial-N (kept for resumes; none: "
+        "stop; pip install 'search[tensorboard]')",
     )
     parser.add_argument(
         "--mlflow",
         metavar="URI",
         help="log the study and a nested run per trial to this MLflow tracking URI (a server URL "
-        "or sqlite:///FILE; kept for resumes; pip install 'search[mlflow]')",
+        "or sqlite:///FILE; kept for resumes; none: stop; pip install 'search[mlflow]')",
     )
 
 
@@ -647,7 +647,9 @@ def _export(args: argparse.Namespace) -> int:
             print(f"  {name}: {check}")
     print(f"wrote {exported.out}/ (model.pt, config.toml, metrics.json and the files above)")
     if "mlflow_run" in metrics:
-        print(f"logged to mlflow {args.mlflow}: run {metrics['mlflow_run']} (files under model/)")
+        print(f"logged to mlflow {args.mlflow}: run {metrics['mlflow_run']} (files under files/)")
+        if metrics["mlflow_model"]:
+            print(f"  mlflow.pytorch.load_model({metrics['mlflow_model']!r}) loads the TorchScript")
     return 0
 
 

@@ -200,7 +200,9 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         from search.trackers.mlflow import log_export
 
         uid = study.user_attrs.get(studies.UID_ATTR)
-        metrics["mlflow_run"] = log_export(mlflow_uri, settings.study, url, uid, out, metrics)
+        metrics["mlflow_run"], metrics["mlflow_model"] = log_export(
+            mlflow_uri, settings.study, url, uid, out, metrics
+        )
     return Exported(out, model, metrics, sample)
 
 

@@ -199,19 +199,22 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
     resolve.check_model(task, space, data.examples(2))
 
     uid = uuid.uuid4().hex  # a new study's; made here so that its MLflow run can carry it
-    # The trackers answer (MLflow's study run is found or made): the last check.
-    targets = trackers.prepare(
-        targets,
-        name,
-        {
-            "settings": fixed,
-            "space": space.data.get("params", {}),
-            "environment": studies.environment(device),
-            "storage": url,
-            "uid": existing.user_attrs.get(studies.UID_ATTR) if existing else uid,
-            "target": settings.trials,
-        },
-    )
+    to_store = targets.stored()
+    if targets.mlflow:
+        # The tracking server answers (the study's run is found or made): the last check.
+        targets = trackers.prepare(
+            targets,
+            name,
+            {
+                "settings": fixed,
+                "space": space.data.get("params", {}),
+                "environment": studies.environment(device),
+                "storage": url,
+                "uid": existing.user_attrs.get(studies.UID_ATTR) if existing else uid,
+                "target": settings.trials,
+            },
+            given=settings.mlflow is not None,
+        )
     # Everything is checked: only now is a study created or changed.
     if existing is None:
         try:
@@ -227,8 +230,8 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         )
     else:
         study = existing
-    if targets.stored() != (stored_trackers or {}):
-        study.set_user_attr(trackers.TRACKERS_ATTR, targets.stored())  # a resume writes there too
+    if to_store != (stored_trackers or {}):
+        study.set_user_attr(trackers.TRACKERS_ATTR, to_store)  # a resume writes there too
     plan = workers.Plan(
         study=name,
         url=url,

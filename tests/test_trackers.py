@@ -10,8 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import optuna
 import pytest
+import torch
 from conftest import search_command, tiny_space
 from mlflow.tracking import MlflowClient
 from mlflow_server import MlflowServer
@@ -174,9 +177,17 @@ def test_mlflow_holds_the_study_and_a_nested_run_per_trial(
     export_run = _runs(client, "tracked")[f"export-trial-{study.best_trial.number}"]
     assert export_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert export_run.data.metrics["test_accuracy"] > 0
-    logged = {a.path for a in client.list_artifacts(export_run.info.run_id, "model")}
-    written = {f"model/{p.name}" for p in (tmp_path / "model").iterdir()}
-    assert logged == written and "model/model.pt" in logged
+    logged = {a.path for a in client.list_artifacts(export_run.info.run_id, "files")}
+    written = {f"files/{p.name}" for p in (tmp_path / "model").iterdir()}
+    assert logged == written and "files/model.pt" in logged
+    # And the TorchScript as an MLflow model, loaded back by MLflow's own pytorch flavour.
+    model_uri = next(line for line in exported.stdout.splitlines() if "load_model(" in line)
+    model_uri = model_uri.split("load_model(")[1].split(")")[0].strip("'")
+    mlflow.set_tracking_uri(mlflow_server.url)
+    loaded = mlflow.pytorch.load_model(model_uri)
+    scripted = torch.jit.load(str(tmp_path / "model" / "model.torchscript.pt"))
+    images = torch.rand(4, 1, 8, 8) * 16
+    assert torch.equal(loaded(images), scripted(images))
 
 
 def test_a_retried_trial_continues_as_a_run_that_names_the_one_it_continues(
@@ -264,3 +275,23 @@ def test_a_study_finishes_when_its_mlflow_server_is_killed_mid_way(
     warnings = [line for line in stderr.splitlines() if "warning: mlflow" in line]
     assert warnings and "did not answer" in warnings[0], stderr
     assert any("not logged" in line and "trial 5" in line for line in warnings), stderr
+
+    # The study still names the dead server: a resume warns and runs without it, or forgets it.
+    command = [*search_command(), "run", "--study", "cut", "--trials"]
+    resumed = subprocess.run(
+        [*command, "7"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: the study's --mlflow {server.url}: no server answers" in resumed.stderr
+    forgot = subprocess.run(
+        [*command, "8", "--mlflow", "none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert forgot.returncode == 0 and "warning" not in forgot.stderr, forgot.stderr
+    study = _load(tmp_path, "cut")
+    assert (
+        studies.count_finished(study) == 8 and "mlflow" not in study.user_attrs["search.trackers"]
+    )

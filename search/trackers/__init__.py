@@ -14,6 +14,7 @@ missing fails with one line naming it, before a study is created or changed.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from search.train import EpochResult
 
 TRACKERS_ATTR = "search.trackers"  # the study's {"tensorboard": folder, "mlflow": URI}
+OFF = "none"  # either flag's value that stops writing there
 # What each tracker needs installed, and the extra that installs it.
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
@@ -50,14 +52,22 @@ class Targets:
 
 
 def resolve(stored: dict[str, Any] | None, tensorboard: Path | None, mlflow: str | None) -> Targets:
-    """The flags given, else what the study recorded; each flag's extra checked installed."""
+    """The flags given, else what the study recorded; each flag's extra checked installed.
+
+    ``none`` for either flag stops writing there (and the study forgets it).
+    """
     stored = stored or {}
-    targets = Targets(
-        tensorboard=str(tensorboard.expanduser().resolve())
-        if tensorboard
-        else stored.get("tensorboard"),
-        mlflow=_absolute_uri(mlflow) if mlflow else stored.get("mlflow"),
-    )
+    if tensorboard is not None and str(tensorboard) == OFF:
+        board = None
+    elif tensorboard is not None:
+        board = str(tensorboard.expanduser().resolve())
+    else:
+        board = stored.get("tensorboard")
+    if mlflow is not None and mlflow == OFF:
+        uri = None
+    else:
+        uri = _absolute_uri(mlflow) if mlflow is not None else stored.get("mlflow")
+    targets = Targets(tensorboard=board, mlflow=uri)
     for flag, given, value in (
         ("tensorboard", tensorboard, targets.tensorboard),
         ("mlflow", mlflow, targets.mlflow),
@@ -80,18 +90,42 @@ def _absolute_uri(uri: str) -> str:
     return uri
 
 
-def prepare(targets: Targets, study: str, record: dict[str, Any]) -> Targets:
+def prepare(
+    targets: Targets,
+    study: str,
+    record: dict[str, Any],
+    *,
+    given: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> Targets:
     """Find or make what the targets need once per study (MLflow's experiment and study run).
 
+    A tracking server named on the command line (``given``) must answer; one the study recorded
+    and that does not answer now costs a warning, and this run logs nothing there.
+
     Raises:
-        SettingsError: the MLflow tracking server did not answer.
+        SettingsError: the MLflow tracking server named on the command line did not answer.
     """
     if not targets.mlflow:
         return targets
     from search.trackers import mlflow as mlflow_tracker
 
-    experiment, run = mlflow_tracker.study_run(targets.mlflow, study, record)
+    try:
+        experiment, run = mlflow_tracker.study_run(targets.mlflow, study, record)
+    except SettingsError as error:
+        if given:
+            raise
+        line = (
+            f"warning: the study's {error}; this run logs nothing to MLflow "
+            "(--mlflow none forgets it, --mlflow URI moves it)"
+        )
+        (warn or _to_stderr)(line)
+        return replace(targets, mlflow=None)
     return replace(targets, mlflow_experiment=experiment, mlflow_study_run=run)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class Tracker:

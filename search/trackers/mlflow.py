@@ -40,7 +40,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG, EXPERIMENT_KIND_TAG = "mlflow.parentRunId", "mlflow.experimentKind"
-KIND_TAG, STUDY_TAG, STORAGE_TAG = "search.kind", "search.study", "search.storage"
+KIND_TAG, STUDY_TAG, STORAGE_TAG = "search.kind", "search.study", "search.study_key"
 TRIAL_TAG, STATE_TAG, REASON_TAG = "search.trial", "search.state", "search.reason"
 CONTINUES_TAG, RETRY_TAG = "search.continues", "search.retry_of"
 # A trial's costs logged as metrics when it ends (the rest of its costs are per report).
@@ -55,6 +55,7 @@ COST_METRICS = (
 COST_TAGS = ("device", "data_mode", "seed")
 SEND_EVERY = 1.0  # seconds: the most often a trial's reports are sent
 MAX_METRICS_PER_CALL = 1000  # MLflow's limit for one log_batch
+TORCHSCRIPT = "model.torchscript.pt"  # what `search export` writes
 
 
 def client(uri: str) -> MlflowClient:
@@ -72,16 +73,16 @@ def study_run(uri: str, study: str, record: dict[str, Any]) -> tuple[str, str]:
     """
     from mlflow.entities import Param
 
-    key = study_key(record["storage"], record["uid"])
+    found_by = study_key(record["storage"], record["uid"])
     try:
         mlflow = client(uri)
         experiment_id = _experiment(mlflow, study)
-        run_id = _find_study_run(mlflow, experiment_id, key)
+        run_id = _find_study_run(mlflow, experiment_id, found_by)
         if run_id is None:
             tags = {
                 KIND_TAG: "study",
                 STUDY_TAG: study,
-                STORAGE_TAG: key,
+                STORAGE_TAG: found_by,
                 "search.storage_url": studies.describe(record["storage"]),
                 **{f"env.{key}": str(value) for key, value in _flat(record["environment"]).items()},
             }
@@ -92,7 +93,7 @@ def study_run(uri: str, study: str, record: dict[str, Any]) -> tuple[str, str]:
             ]
             mlflow.log_batch(made, params=params)
             # Two commands that made one at once both keep the first made; the other goes.
-            run_id = _find_study_run(mlflow, experiment_id, key)
+            run_id = _find_study_run(mlflow, experiment_id, found_by)
             if run_id != made:
                 mlflow.delete_run(made)
         else:
@@ -121,10 +122,10 @@ def study_key(url: str, uid: str | None) -> str:
     return hashlib.sha256(f"{where} {uid or ''}".encode()).hexdigest()[:16]
 
 
-def _find_study_run(mlflow: MlflowClient, experiment_id: str, storage_key: str) -> str | None:
+def _find_study_run(mlflow: MlflowClient, experiment_id: str, found_by: str) -> str | None:
     runs = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STORAGE_TAG}` = '{storage_key}'",
+        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STORAGE_TAG}` = '{found_by}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
         max_results=1,
     )
@@ -133,9 +134,10 @@ def _find_study_run(mlflow: MlflowClient, experiment_id: str, storage_key: str) 
 
 def log_export(
     uri: str, study: str, storage: str, uid: str | None, out: Path, metrics: dict[str, Any]
-) -> str:
+) -> tuple[str, str | None]:
     """Log an exported model as a run of the study's experiment (nested under the study's run when
-    there is one): its params, test and validation accuracy, and every file it wrote. Its run id.
+    there is one): its params, test and validation accuracy, every file it wrote (under
+    ``files/``) and its TorchScript as an MLflow model. The run's id and the model's URI.
 
     Raises:
         SettingsError: the tracking server did not answer (the files stay in ``out``).
@@ -168,13 +170,34 @@ def log_export(
             metrics=[Metric(name, value, now, 0) for name, value in values.items()],
             params=[Param(name, _text(value)) for name, value in params.items()],
         )
-        mlflow.log_artifacts(run_id, str(out), artifact_path="model")
+        mlflow.log_artifacts(run_id, str(out), artifact_path="files")
+        model_uri = _log_torchscript(uri, run_id, out / TORCHSCRIPT)
         mlflow.set_terminated(run_id, "FINISHED")
     except Exception as error:  # whatever MLflow raises: one line; the files are written
         raise SettingsError(
             f"--mlflow {uri}: the model was not logged ({_first_line(error)}); its files are in {out}"
         ) from None
-    return run_id
+    return run_id, model_uri
+
+
+def _log_torchscript(uri: str, run_id: str, path: Path) -> str | None:
+    """The TorchScript file as an MLflow model of the pytorch flavour (``mlflow.pytorch.load_model``
+    gives it back); None where the export skipped TorchScript (a model it cannot capture)."""
+    if not path.exists():
+        return None
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        logged = mlflow.pytorch.log_model(
+            torch.jit.load(str(path)),
+            name="model",
+            serialization_format="pickle",  # MLflow's default, pt2, takes no ScriptModule
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    return logged.model_uri
 
 
 def check_answers(uri: str) -> None:
