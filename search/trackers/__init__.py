@@ -47,9 +47,6 @@ class Targets:
         """What the study records: the places, not the ids found in them."""
         return {k: v for k, v in (("tensorboard", self.tensorboard), ("mlflow", self.mlflow)) if v}
 
-    def __bool__(self) -> bool:
-        return bool(self.tensorboard or self.mlflow)
-
 
 def resolve(stored: dict[str, Any] | None, tensorboard: Path | None, mlflow: str | None) -> Targets:
     """The flags given, else what the study recorded; each flag's extra checked installed.
