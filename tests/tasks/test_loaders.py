@@ -26,6 +26,16 @@ def test_digits_train_and_test_splits_are_disjoint_and_fixed() -> None:
     assert set(train.labels.tolist()) == set(range(10))
 
 
+def test_digits_are_scikit_learns_own() -> None:
+    from sklearn.datasets import load_digits
+
+    from search.tasks.digits import bundled_digits
+
+    images, labels = bundled_digits()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+
+
 def test_mnist1d_is_the_standard_generated_dataset() -> None:
     task = tasks.get("mnist1d")
     numpy_state = np.random.get_state()[1].copy()
