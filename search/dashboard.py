@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from socketserver import ThreadingMixIn
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -41,12 +45,27 @@ def save_trial_note(trial: optuna.Trial, note: str) -> None:
     costs more than the last. A trial's note is written once, when it ends: version 1, nothing to
     clear. Only the writes are made, through the dashboard's own key scheme.
     """
-    from optuna_dashboard._note import note_ver_key, split_body  # a second to import: once
-
+    notes = _dashboard_notes()
     storage, study_id, trial_id = trial.storage, trial.study._study_id, trial._trial_id
-    storage.set_study_system_attr(study_id, note_ver_key(trial_id), 1)
-    for key, chunk in split_body(note, trial_id).items():
+    storage.set_study_system_attr(study_id, notes.note_ver_key(trial_id), 1)
+    for key, chunk in notes.split_body(note, trial_id).items():
         storage.set_study_system_attr(study_id, key, chunk)
+
+
+@functools.cache
+def _dashboard_notes() -> ModuleType:
+    """optuna-dashboard's `_note` module (its key scheme for notes), loaded from its file alone.
+
+    Importing it through the package runs the package's own imports first (its web app, bottle,
+    `optuna.importance` and with it scikit-learn, SciPy and pandas): two seconds of every worker
+    process, longer than most trials. The module itself needs only Optuna.
+    """
+    package = importlib.util.find_spec("optuna_dashboard")
+    path = Path(package.submodule_search_locations[0]) / "_note.py"
+    spec = importlib.util.spec_from_file_location("search._optuna_dashboard_note", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def local_storage(name: str | None) -> str:
