@@ -125,10 +125,16 @@ def test_sixteen_workers_and_a_dashboard_on_one_sqlite_file(tmp_path: Path, writ
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     trials = study.trials
-    assert [t.number for t in trials] == list(range(33))  # none lost, none extra
-    assert all(studies.is_finished(t) and "seconds" in studies.trial_attrs(t) for t in trials)
+    finished = [t for t in trials if studies.is_finished(t)]
+    # Exactly the target finished, none lost, none extra. Workers that reach the boundary in the
+    # same instant may each create a trial; the claim lets one run, the rest fail at once as
+    # surplus, untrained.
+    surplus = [t for t in trials if studies.trial_attrs(t).get("fail_reason") == "surplus"]
+    assert len(finished) == 33 and len(finished) + len(surplus) == len(trials)
+    assert all("seconds" in studies.trial_attrs(t) for t in finished)
+    assert not any("seconds" in studies.trial_attrs(t) for t in surplus)
     # Distinct sampler seeds per worker: no two workers sampled the same configuration.
-    assert len({t.params["lr"] for t in trials}) == 33
+    assert len({t.params["lr"] for t in finished}) == 33
 
 
 def test_out_of_memory_fails_the_trial_and_later_ones_in_that_region_skip_training(
