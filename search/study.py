@@ -27,6 +27,7 @@ import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
+from search.core_storage import CoreStorage
 from search.errors import SettingsError, StorageError
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def open_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
             with _schema_lock(path):
-                storage = optuna.storages.RDBStorage(
+                storage = CoreStorage(
                     _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
                 )
                 if path is not None and create:
