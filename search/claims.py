@@ -49,7 +49,8 @@ _system_attrs = sqlalchemy.table(
 )
 
 
-def _counts_query(study_id: int) -> sqlalchemy.Select:
+def _counts_query() -> sqlalchemy.Select:
+    """The counts of the study bound as ``study_id``."""
     t = _trials.c
     counted_failure = sqlalchemy.exists().where(
         _user_attrs.c.trial_id == t.trial_id,
@@ -75,7 +76,11 @@ def _counts_query(study_id: int) -> sqlalchemy.Select:
 
     return sqlalchemy.select(
         total(finished), total(sqlalchemy.and_(running, own_claim)), total(running)
-    ).where(t.study_id == study_id)
+    ).where(t.study_id == sqlalchemy.bindparam("study_id"))
+
+
+_COUNTS = _counts_query()  # built once: building it costs more than running it
+_CLAIM = sqlalchemy.insert(_system_attrs)
 
 
 def counts(study: optuna.Study) -> tuple[int, int, int]:
@@ -95,9 +100,12 @@ def claim(study: optuna.Study, trial_id: int, target: int) -> bool:
         admitted = finished + claimed < target
         if admitted:
             connection.execute(
-                sqlalchemy.insert(_system_attrs).values(
-                    trial_id=trial_id, key=f"{CLAIM_KEY}{trial_id}", value_json=json.dumps(True)
-                )
+                _CLAIM,
+                {
+                    "trial_id": trial_id,
+                    "key": f"{CLAIM_KEY}{trial_id}",
+                    "value_json": json.dumps(True),
+                },
             )
         connection.commit()
     return admitted
@@ -122,7 +130,7 @@ def _lock(connection: sqlalchemy.Connection, study_id: int) -> None:
 
 
 def _counts(connection: sqlalchemy.Connection, study_id: int) -> tuple[int, int, int]:
-    finished, claimed, running = connection.execute(_counts_query(study_id)).one()
+    finished, claimed, running = connection.execute(_COUNTS, {"study_id": study_id}).one()
     return int(finished), int(claimed), int(running)
 
 

@@ -7,12 +7,12 @@ an object per row: 1–5 ms on a 2-core CPU, most of what a short trial spends o
 training. The same statements through Core, on the same engine and pool, built once and bound
 per call, take a fraction of that. `CoreStorage` overrides those calls alone: `get_trial`;
 `_get_trials`, which Optuna's trial cache calls; `_set_trial_param`;
-`set_trial_intermediate_value`; the trial attr writes; and `set_study_system_attr`, where the
-notes live. It runs them on the same tables (Optuna's own table objects, so the columns and their
+`set_trial_intermediate_value`; the trial attr writes; `set_study_system_attr`, where the notes
+live; and `record_heartbeat`. It runs them on the same tables (Optuna's own table objects, so the columns and their
 types, enums and datetimes, are Optuna's), with the same checks (a finished trial is not
 updated, a param keeps its distribution) and the same errors (`KeyError`,
 `UpdateFinishedTrialError`, `StorageInternalError` for a failed transaction). Everything else
-(studies, creating trials, states and values, heartbeats) is Optuna's own code.
+(studies, creating trials, states and values, the stale check) is Optuna's own code.
 
 The calls follow one schema version, `SCHEMA`, and the writes upsert on SQLite and PostgreSQL
 (as Optuna's do): with an Optuna whose schema has moved on, or on another database, Optuna's own
@@ -47,6 +47,7 @@ _user_attrs = models.TrialUserAttributeModel.__table__
 _system_attrs = models.TrialSystemAttributeModel.__table__
 _studies = models.StudyModel.__table__
 _study_system_attrs = models.StudySystemAttributeModel.__table__
+_heartbeats = models.TrialHeartbeatModel.__table__
 _UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # others: Optuna's own
 
 _logger = logging.getLogger(__name__)
@@ -175,6 +176,22 @@ class CoreStorage(optuna.storages.RDBStorage):
             connection.execute(
                 self._upserting(_study_system_attrs, ("study_id", "key")),
                 {"study_id": study_id, "key": key, "value_json": json.dumps(value)},
+            )
+        return None
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        if self._upsert is None:
+            return super().record_heartbeat(trial_id)
+        # The database's clock, as Optuna's: the stale check compares it with the database's now.
+        insert = self._upsert(_heartbeats).values(
+            trial_id=trial_id, heartbeat=sqlalchemy.func.now()
+        )
+        with _transaction(self.engine, writes=True) as connection:
+            connection.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[_heartbeats.c.trial_id],
+                    set_={"heartbeat": sqlalchemy.func.now()},
+                )
             )
         return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import optuna
@@ -154,3 +155,19 @@ def test_core_storage_refuses_what_optuna_refuses(kind, tmp_path, request) -> No
     assert core.get_trial(running).state == TrialState.RUNNING  # nothing half-written
     assert "late" not in core.get_trial(finished).user_attrs
     assert 9 not in core.get_trial(finished).intermediate_values
+
+
+def test_core_heartbeats_are_what_optunas_stale_check_reads(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'beats.db'}"
+    storage = studies.open_storage(url, create=True, heartbeat=1)  # stale after 3 s
+    study = optuna.create_study(storage=storage, study_name="beats")
+    trial_id = study.ask()._trial_id
+    storage.record_heartbeat(trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(4.5)  # CURRENT_TIMESTAMP has whole seconds on SQLite
+    assert storage._get_stale_trial_ids(study._study_id) == [trial_id]
+    storage.record_heartbeat(trial_id)  # the same row, brought up to date
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    with optuna.storages.RDBStorage(url).engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT trial_id FROM trial_heartbeats").all()
+    assert rows == [(trial_id,)]
