@@ -63,3 +63,9 @@ class Surplus(TrialFailure):
 
     def __init__(self, target: int) -> None:
         super().__init__("surplus", 0, f"the study's target of {target} trials was already met")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line, or its type where it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -26,7 +26,7 @@ import sqlalchemy.exc
 
 from search import claims
 from search import study as studies
-from search.errors import StorageError, Surplus, TrialFailure
+from search.errors import StorageError, Surplus, TrialFailure, first_line
 
 T = TypeVar("T")
 
@@ -128,10 +128,10 @@ def retrying(
             if time.monotonic() - down_since > reconnect_timeout:
                 raise StorageError(
                     f"storage {studies.describe(url)}: unreachable for {reconnect_timeout:.0f} s: "
-                    f"{_first_line(cause)}"
+                    f"{first_line(cause)}"
                 ) from None
             print(
-                f"{name}: storage unreachable ({_first_line(cause)}); retrying in {backoff:.0f} s",
+                f"{name}: storage unreachable ({first_line(cause)}); retrying in {backoff:.0f} s",
                 file=sys.stderr,
             )
             time.sleep(backoff)
@@ -151,8 +151,3 @@ def _unreachable(error: BaseException | None) -> BaseException | None:
             return error
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

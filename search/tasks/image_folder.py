@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search.errors import TaskError
+from search.errors import TaskError, first_line
 
 SPLIT_FOLDERS = {
     "train": ("train", "training"),
@@ -161,7 +161,7 @@ def _decode(path: str, shown: _Shown, image_size: tuple[int, int] | None) -> tor
             return pil_to_tensor(image)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise TaskError(
-            f"cannot decode image {shown(path)}: {_first_line(e).replace(path, shown(path))}"
+            f"cannot decode image {shown(path)}: {first_line(e).replace(path, shown(path))}"
         ) from None
 
 
@@ -180,8 +180,3 @@ def _stack(images: list[torch.Tensor], paths: list[str], shown: _Shown) -> torch
     for i, image in enumerate(images):
         out[i] = image.expand(channels, -1, -1)  # a grayscale image among colour ones: 3 equal
     return out
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from search import references
-from search.errors import TaskError
+from search.errors import TaskError, first_line
 from search.tasks import image_folder
 from search.tasks.registry import Split
 
@@ -160,13 +160,13 @@ def _from_tensor_file(path: Path, text: str) -> _Parts:
             with np.load(path, allow_pickle=False) as archive:
                 arrays: dict[str, Any] = {k: archive[k] for k in archive.files}
         except (OSError, ValueError) as e:
-            raise TaskError(f"{text}: not a readable .npz file ({_first_line(e)})") from None
+            raise TaskError(f"{text}: not a readable .npz file ({first_line(e)})") from None
     else:
         try:
             arrays = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as e:  # unpickling errors come in many types
             raise TaskError(
-                f"{text}: cannot be read with torch.load(weights_only=True): {_first_line(e)}; "
+                f"{text}: cannot be read with torch.load(weights_only=True): {first_line(e)}; "
                 "save a dict of tensors"
             ) from None
         if not isinstance(arrays, dict):
@@ -404,8 +404,3 @@ def _write_atomically(entry: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
