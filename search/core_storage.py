@@ -8,9 +8,9 @@ training. The same statements through Core, on the same engine and pool, built o
 per call, take a fraction of that. `CoreStorage` overrides those calls alone: `get_trial`;
 `_get_trials`, which Optuna's trial cache calls; `_set_trial_param`;
 `set_trial_intermediate_value`; the trial attr writes; `set_study_system_attr`, where the notes
-live; and `record_heartbeat`. It runs them on the same tables (Optuna's own table objects, so the columns and their
-types, enums and datetimes, are Optuna's), with the same checks (a finished trial is not
-updated, a param keeps its distribution) and the same errors (`KeyError`,
+live; and `record_heartbeat`. It runs them on the same tables (Optuna's own table objects, so
+the columns and their types, enums and datetimes, are Optuna's), with the same checks (a finished
+trial is not updated, a param keeps its distribution) and the same errors (`KeyError`,
 `UpdateFinishedTrialError`, `StorageInternalError` for a failed transaction). Everything else
 (studies, creating trials, states and values, the stale check) is Optuna's own code.
 
@@ -49,6 +49,7 @@ _studies = models.StudyModel.__table__
 _study_system_attrs = models.StudySystemAttributeModel.__table__
 _heartbeats = models.TrialHeartbeatModel.__table__
 _UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # others: Optuna's own
+_BUILT_UPSERTS: dict[tuple[str, str], sqlalchemy.Insert] = {}  # by database and table
 
 _logger = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ class CoreStorage(optuna.storages.RDBStorage):
         # Optuna's own check has made sure the database is at this Optuna's head version.
         self._core = self.get_head_version() == SCHEMA
         self._upsert = _UPSERTS.get(self.engine.name) if self._core else None
-        self._upserts: dict[sqlalchemy.Table, sqlalchemy.Insert] = {}
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         if not self._core:
@@ -214,11 +214,12 @@ class CoreStorage(optuna.storages.RDBStorage):
     def _upserting(self, table: sqlalchemy.Table, unique: tuple[str, ...]) -> sqlalchemy.Insert:
         """Insert a row of ``table``, or update the one with the same ``unique`` columns (the
         upsert Optuna makes for trial attrs); its values bound by column name."""
-        statement = self._upserts.get(table)
-        if statement is None:  # built once per table: building it costs more than running it
+        key = (self.engine.name, table.name)
+        statement = _BUILT_UPSERTS.get(key)
+        if statement is None:  # built once: building it costs more than running it
             columns = [c.name for c in table.columns if not c.primary_key]
             insert = self._upsert(table).values({c: sqlalchemy.bindparam(c) for c in columns})
-            statement = self._upserts[table] = insert.on_conflict_do_update(
+            statement = _BUILT_UPSERTS[key] = insert.on_conflict_do_update(
                 index_elements=[table.c[c] for c in unique],
                 set_={c: insert.excluded[c] for c in columns if c not in unique},
             )
