@@ -54,17 +54,12 @@ def resolve(stored: dict[str, Any] | None, tensorboard: Path | None, mlflow: str
     ``none`` for either flag stops writing there (and the study forgets it).
     """
     stored = stored or {}
-    if tensorboard is not None and str(tensorboard) == OFF:
-        board = None
-    elif tensorboard is not None:
-        board = str(tensorboard.expanduser().resolve())
-    else:
-        board = stored.get("tensorboard")
-    if mlflow is not None and mlflow == OFF:
-        uri = None
-    else:
-        uri = _absolute_uri(mlflow) if mlflow is not None else stored.get("mlflow")
-    targets = Targets(tensorboard=board, mlflow=uri)
+    targets = Targets(
+        tensorboard=_chosen(
+            tensorboard, stored.get("tensorboard"), lambda path: str(path.expanduser().resolve())
+        ),
+        mlflow=_chosen(mlflow, stored.get("mlflow"), _absolute_uri),
+    )
     for flag, given, value in (
         ("tensorboard", tensorboard, targets.tensorboard),
         ("mlflow", mlflow, targets.mlflow),
@@ -76,6 +71,15 @@ def resolve(stored: dict[str, Any] | None, tensorboard: Path | None, mlflow: str
                 f"{where}: {module} is not installed; pip install 'search[{extra}]'"
             )
     return targets
+
+
+def _chosen(given: Any, recorded: str | None, absolute: Callable[[Any], str]) -> str | None:
+    """One flag's place: the study's when not given, none when it says so, else made absolute."""
+    if given is None:
+        return recorded
+    if str(given) == OFF:
+        return None
+    return absolute(given)
 
 
 def _absolute_uri(uri: str) -> str:

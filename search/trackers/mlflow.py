@@ -40,7 +40,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG, EXPERIMENT_KIND_TAG = "mlflow.parentRunId", "mlflow.experimentKind"
-KIND_TAG, STUDY_TAG, STORAGE_TAG = "search.kind", "search.study", "search.study_key"
+KIND_TAG, STUDY_TAG, STUDY_KEY_TAG = "search.kind", "search.study", "search.study_key"
 TRIAL_TAG, STATE_TAG, REASON_TAG = "search.trial", "search.state", "search.reason"
 CONTINUES_TAG, RETRY_TAG = "search.continues", "search.retry_of"
 # A trial's costs logged as metrics when it ends (the rest of its costs are per report).
@@ -82,7 +82,7 @@ def study_run(uri: str, study: str, record: dict[str, Any]) -> tuple[str, str]:
             tags = {
                 KIND_TAG: "study",
                 STUDY_TAG: study,
-                STORAGE_TAG: found_by,
+                STUDY_KEY_TAG: found_by,
                 "search.storage_url": studies.describe(record["storage"]),
                 **{f"env.{key}": str(value) for key, value in _flat(record["environment"]).items()},
             }
@@ -125,7 +125,7 @@ def study_key(url: str, uid: str | None) -> str:
 def _find_study_run(mlflow: MlflowClient, experiment_id: str, found_by: str) -> str | None:
     runs = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STORAGE_TAG}` = '{found_by}'",
+        filter_string=f"tags.`{KIND_TAG}` = 'study' and tags.`{STUDY_KEY_TAG}` = '{found_by}'",
         order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
         max_results=1,
     )
