@@ -56,6 +56,12 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
     assert lines[-1] == "report: reports/bench-mnist1d-tiny.html"
     page = (bench_dir / "reports" / "bench-mnist1d-tiny.html").read_text()
     assert "What pruning can save" in page
+    # The time-to-target bars name how many seeds reached the target, as the table counts them.
+    for strategy in STRATEGIES:
+        row = next(line for line in lines if line.startswith(f"{strategy} "))
+        reached = re.search(r"  (\d)/2  ", row)
+        assert reached is not None, row
+        assert f"{strategy} ({reached[1]}/2 seeds)" in page.replace("\\u002f", "/")  # plotly's JSON
     assert page.count("<tr>") == 3 + 1 + 4 + 1  # a row per strategy, per evidence epoch, headers
 
     url = f"sqlite:///{bench_dir / 'studies' / 'bench-mnist1d-tiny.db'}"

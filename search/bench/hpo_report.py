@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from search import report
 from search import study as studies
 from search.bench import curves
-from search.bench.hpo import Comparison, Strategy
+from search.bench.hpo import ENOUGH_SEEDS, Comparison, Strategy
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
@@ -51,7 +51,9 @@ def render(comparison: Comparison) -> str:
             f"What each seed spent until its best first reached {comparison.reference}'s final "
             f"IQM ({_reference(comparison).to_target.target:.4f}), or all it spent if it never "
             f"did; the IQM over seeds as a multiple of {comparison.reference}'s own (below 1 is "
-            "cheaper), with its paired-bootstrap 95 % interval.",
+            "cheaper), with its paired-bootstrap 95 % interval. Each bar names the seeds that "
+            f"reached it; a faded bar reached it on fewer than {ENOUGH_SEEDS:.0%} of them, and is "
+            "cheap partly because a seed that never reaches it is charged only what it spent.",
             [_ratio_figure(comparison)],
         ),
         report.section(
@@ -171,15 +173,20 @@ def _ratio_figure(comparison: Comparison) -> go.Figure:
     reached = [s for s in comparison.strategies if np.isfinite(s.to_target.ratio.value)]
     reached.sort(key=lambda s: s.to_target.ratio.value)
     styles = _styles(comparison)
+    seeds = comparison.settings.seeds
+    # A strategy that gives up cheaply looks cheap here: each seed that never reaches the target
+    # is charged only what it spent. Its label says how many seeds got there, and a strategy
+    # short of the headline's share is drawn faded.
     # A band's upper end may be "never" (a resample that did not reach): draw it to the axis edge.
     finite_highs = [s.to_target.ratio.high for s in reached if np.isfinite(s.to_target.ratio.high)]
     cap = max([1.0, *finite_highs]) * 1.5
     figure = go.Figure(
         go.Bar(
             x=[s.to_target.ratio.value for s in reached],
-            y=[s.name for s in reached],
+            y=[f"{s.name} ({round(s.to_target.reached * seeds)}/{seeds} seeds)" for s in reached],
             orientation="h",
             marker_color=[styles[s.name][0] for s in reached],
+            marker_opacity=[1.0 if s.to_target.reached >= ENOUGH_SEEDS else 0.35 for s in reached],
             error_x={
                 "type": "data",
                 "symmetric": False,
