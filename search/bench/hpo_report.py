@@ -174,9 +174,7 @@ def _ratio_figure(comparison: Comparison) -> go.Figure:
     reached.sort(key=lambda s: s.to_target.ratio.value)
     styles = _styles(comparison)
     seeds = comparison.settings.seeds
-    # A strategy that gives up cheaply looks cheap here: each seed that never reaches the target
-    # is charged only what it spent. Its label says how many seeds got there, and a strategy
-    # short of the headline's share is drawn faded.
+    # Giving up early looks cheap here (see the section's text): labels count the seeds that got there.
     # A band's upper end may be "never" (a resample that did not reach): draw it to the axis edge.
     finite_highs = [s.to_target.ratio.high for s in reached if np.isfinite(s.to_target.ratio.high)]
     cap = max([1.0, *finite_highs]) * 1.5
