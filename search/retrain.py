@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from search.tasks import Split, Task
-from search.train import EVAL_BATCH, EpochResult, TrainingData, evaluate_batches, fit, split_params
+from search.train import (
+    EpochResult,
+    TrainingData,
+    eval_batch_size,
+    evaluate_batches,
+    fit,
+    split_params,
+)
 
 
 @dataclass(frozen=True)
@@ -65,4 +72,4 @@ def retrain(
 
 def test_accuracy(model: nn.Module, data: TrainingData, test: Split) -> float:
     """Accuracy on the task's test split, normalized with the training statistics of ``data``."""
-    return evaluate_batches(model, data.split_batches(test, EVAL_BATCH))
+    return evaluate_batches(model, data.split_batches(test, eval_batch_size(data.device)))

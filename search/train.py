@@ -23,7 +23,15 @@ from search.errors import Diverged, SettingsError
 from search.tasks.data import layout_for
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-EVAL_BATCH = 2048
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Examples per evaluation batch. A GPU takes the whole split or most of it at once (one
+    launch per layer, one sync). A CPU is faster with batches whose activations stay in its
+    caches: 256 evaluates the built-in CNNs 1.3-2.7x as fast as 2,048 on 2 cores (the MLP, in
+    under 2 ms either way, 0.8x), and evaluation is up to a fifth of a trial's time at 4 reports
+    per epoch."""
+    return 256 if device.type == "cpu" else 2048
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,7 @@ def fit(
                 raise Diverged(
                     _in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
                 )
-            val_accuracy = evaluate_batches(model, data.val_batches(EVAL_BATCH))
+            val_accuracy = evaluate_batches(model, data.val_batches(eval_batch_size(device)))
             model.train()
             seconds = time.perf_counter() - start
             for report in report_after[step]:
@@ -260,9 +268,10 @@ def _in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
 ) -> float:
-    """Accuracy of ``model`` on ``x``/``y`` (already on its device), in large batches, one sync."""
+    """Accuracy of ``model`` on ``x``/``y`` (already on its device), one sync."""
+    batch_size = batch_size or eval_batch_size(x.device)
     return evaluate_batches(
         model,
         ((x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(y), batch_size)),

@@ -9,7 +9,14 @@ from search import tasks
 from search.errors import Diverged, SettingsError
 from search.tasks import Split, models
 from search.tasks.data import DeviceData, crop_flip
-from search.train import EpochResult, Hyperparameters, evaluate, fit, pick_device
+from search.train import (
+    EpochResult,
+    Hyperparameters,
+    eval_batch_size,
+    evaluate,
+    fit,
+    pick_device,
+)
 
 CPU = torch.device("cpu")
 
@@ -131,6 +138,17 @@ def test_evaluate_counts_correct_predictions(digits: DeviceData) -> None:
     assert evaluate(Oracle(y), digits.val_x, digits.val_y, batch_size=100) == pytest.approx(
         1 - 10 / len(y)
     )
+
+
+def test_accuracy_does_not_depend_on_the_evaluation_batch(digits: DeviceData) -> None:
+    # The CPU evaluates in batches smaller than the split; the accuracy is the whole split's.
+    assert eval_batch_size(CPU) < len(digits.val_y)
+    model = _model()
+    (report,) = fit(model, digits, Hyperparameters(lr=3e-3, batch_size=64), epochs=1, seed=1)
+    whole = evaluate(model, digits.val_x, digits.val_y, batch_size=len(digits.val_y))
+    assert 0.5 < whole < 1.0
+    assert report.val_accuracy == whole
+    assert evaluate(model, digits.val_x, digits.val_y) == whole
 
 
 def test_validation_split_is_seeded_disjoint_and_normalized() -> None:
