@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,12 @@ from typing import Any
 
 import pytest
 from postgres import postgres  # noqa: F401  (a PostgreSQL server fixture for the scale-out tests)
+
+# Tests stop the CLI and the dashboard with Ctrl-C (SIGINT). A shell starts a background job (`.ci/run
+# &` in a script) with SIGINT ignored, and children inherit that, so a CLI started by such a test
+# run would never see its Ctrl-C. With a handler here, every child starts with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def toml(data: dict[str, Any]) -> str:
