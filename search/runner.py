@@ -32,7 +32,7 @@ FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives", "reports_
 # For studies created before the setting existed.
 DEFAULTS = {"objectives": "accuracy", "reports_per_epoch": 1}
 # A new study's search strategy when `search run` names none: what won the README's benchmark
-# (TPE with successive halving from a quarter epoch, 0.32x random search's cost on MNIST-1D).
+# (TPE with successive halving from a quarter epoch, 0.34x random search's cost on MNIST-1D).
 DEFAULT_SAMPLER, DEFAULT_PRUNER, DEFAULT_REPORTS_PER_EPOCH = "tpe", "sha", 4
 MAX_REPORTS_PER_EPOCH = 100
 SETTLE_SECONDS = 5.0  # how long a study with no settings yet may be another command's, creating it

@@ -194,6 +194,7 @@ def fit(
     model.to(device=device, memory_format=layout_for(device))
     optimizer = make_optimizer(hp, model.parameters())
     generator = torch.Generator(device=device).manual_seed(seed)
+    eval_batch = eval_batch_size(device)
     history = [] if history is None else history
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
@@ -229,7 +230,7 @@ def fit(
                 raise Diverged(
                     _in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
                 )
-            val_accuracy = evaluate_batches(model, data.val_batches(eval_batch_size(device)))
+            val_accuracy = evaluate_batches(model, data.val_batches(eval_batch))
             model.train()
             seconds = time.perf_counter() - start
             for report in report_after[step]:
