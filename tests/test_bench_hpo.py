@@ -63,6 +63,8 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
         assert reached is not None, row
         assert f"{strategy} ({reached[1]}/2 seeds)" in page.replace("\\u002f", "/")  # plotly's JSON
     assert page.count("<tr>") == 3 + 1 + 4 + 1  # a row per strategy, per evidence epoch, headers
+    # Log axes label their ticks in full: 0.5× is "0.5×", not the bare "5" Plotly would draw.
+    assert '"0.5\\u00d7","1\\u00d7","2\\u00d7"' in page
 
     url = f"sqlite:///{bench_dir / 'studies' / 'bench-mnist1d-tiny.db'}"
     names = sorted(studies.study_names(studies.open_storage(url, create=False)))

@@ -6,6 +6,7 @@ Same look as `search report` (one offline file, plotly.js embedded once); never 
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 import plotly.colors
@@ -162,7 +163,11 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
         yaxis_title="best validation accuracy (IQM)",
     )
     if by == "seconds":
-        figure.update_xaxes(type="log")
+        costs = [c.costs for s in comparison.strategies for c in s.by_seconds if len(c.costs)]
+        if costs:
+            figure.update_xaxes(
+                **_log_ticks(min(float(c[0]) for c in costs), max(float(c[-1]) for c in costs))
+            )
     if lows:
         # The first few trials span the whole range; what tells strategies apart is near the top.
         figure.update_yaxes(range=[max(0.0, min(lows) - 0.01), 1.0])
@@ -200,8 +205,21 @@ def _ratio_figure(comparison: Comparison) -> go.Figure:
         xaxis_title=f"cost to target ÷ {comparison.reference}'s (log)",
         yaxis={"autorange": "reversed"},
     )
-    figure.update_xaxes(type="log")
+    lowest = min([s.to_target.ratio.low for s in reached if s.to_target.ratio.low > 0], default=1.0)
+    figure.update_xaxes(**_log_ticks(lowest, cap, suffix="×"))
     return figure
+
+
+def _log_ticks(low: float, high: float, suffix: str = "") -> dict:
+    """A log axis ticked at 1, 2, 3 and 5 times each power of ten from ``low``'s to ``high``'s
+    (Plotly draws those in its range), each labelled in full: Plotly's own labels 0.2 and 0.3 as
+    a bare "2" and "3" beside the "1" of 1.0, which on a ratio axis reads as 2× and 3×."""
+    ticks = [
+        round(mantissa * 10.0**power, 12)
+        for power in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for mantissa in (1, 2, 3, 5)
+    ]
+    return {"type": "log", "tickvals": ticks, "ticktext": [f"{t:g}{suffix}" for t in ticks]}
 
 
 def _table(comparison: Comparison) -> str:
