@@ -163,11 +163,10 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
         yaxis_title="best validation accuracy (IQM)",
     )
     if by == "seconds":
-        costs = [c.costs for s in comparison.strategies for c in s.by_seconds if len(c.costs)]
-        if costs:
-            figure.update_xaxes(
-                **_log_ticks(min(float(c[0]) for c in costs), max(float(c[-1]) for c in costs))
-            )
+        spent = np.concatenate([c.costs for s in comparison.strategies for c in s.by_seconds])
+        spent = spent[spent > 0]  # a trial that failed at once may have cost nothing
+        axis = _log_ticks(spent.min(), spent.max()) if len(spent) else {"type": "log"}
+        figure.update_xaxes(**axis)
     if lows:
         # The first few trials span the whole range; what tells strategies apart is near the top.
         figure.update_yaxes(range=[max(0.0, min(lows) - 0.01), 1.0])
