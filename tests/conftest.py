@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from postgres import postgres  # noqa: F401  (a PostgreSQL server fixture for the scale-out tests)
 
 # Tests stop the CLI and the dashboard with Ctrl-C (SIGINT). A shell starts a background job (`.ci/run
@@ -17,6 +18,16 @@ from postgres import postgres  # noqa: F401  (a PostgreSQL server fixture for th
 # run would never see its Ctrl-C. With a handler here, every child starts with the default again.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` need a CUDA device: skipped, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def toml(data: dict[str, Any]) -> str:
