@@ -115,8 +115,8 @@ def test_a_study_on_the_gpu_records_its_memory_and_exports_a_model_for_the_cpu(
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["val_accuracy"] == pytest.approx(study.best_value, abs=0.01)
     # Trained on the GPU, saved for the CPU: the scripted model runs on CPU tensors as loaded.
-    batch = tasks.get("digits").load(None, False, False).images[:256].float()
-    labels = tasks.get("digits").load(None, False, False).labels[:256]
+    test_split = tasks.get("digits").load(None, False, False)
+    batch, labels = test_split.images[:256].float(), test_split.labels[:256]
     scripted = torch.jit.load(str(tmp_path / "model" / "model.torchscript.pt"))
     with torch.inference_mode():
         accuracy = (scripted(batch).argmax(1) == labels).float().mean().item()
