@@ -26,7 +26,7 @@ _LAZY = {
     "load_space": ("search.spaces", "load"),
     "fit": "search.train",
     "evaluate": "search.train",
-    "Hyperparameters": "search.train",
+    "Hyperparameters": "search.contract",
 }
 
 __all__ = [

@@ -17,11 +17,13 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study import (
-    OBJECTIVES,
-    accuracy,
-    epoch_accuracies,
+    COSTS,
+    Metric,
+    epoch_values,
     is_multi_objective,
+    metric_of,
     trial_attrs,
+    value,
 )
 
 # A chart that fails on odd data must not take the whole page with it; these are what Optuna's
@@ -45,38 +47,39 @@ def _optuna(plot: Callable[..., go.Figure], *args: object, **kwargs: object) -> 
     return figure if figure.data else None
 
 
-def _accuracy_target(study: optuna.Study) -> dict[str, object]:
-    """Optuna's plots of one objective; in a multi-objective study, that objective is accuracy."""
+def _metric_target(study: optuna.Study) -> dict[str, object]:
+    """Optuna's plots of one objective: the study's metric (the first of several objectives)."""
+    name = f"val {metric_of(study).name}"
     if is_multi_objective(study):
-        return {"target": accuracy, "target_name": "val accuracy"}
-    return {"target_name": "val accuracy"}
+        return {"target": value, "target_name": name}
+    return {"target_name": name}
 
 
 def optimization_history(study: optuna.Study) -> go.Figure | None:
     if not complete(study.get_trials(deepcopy=False)):
         return None
-    return _optuna(optuna.visualization.plot_optimization_history, study, **_accuracy_target(study))
+    return _optuna(optuna.visualization.plot_optimization_history, study, **_metric_target(study))
 
 
 def parallel_coordinate(study: optuna.Study) -> go.Figure | None:
     trials = complete(study.get_trials(deepcopy=False))
     if len(trials) < 2 or not any(t.params for t in trials):
         return None
-    return _optuna(optuna.visualization.plot_parallel_coordinate, study, **_accuracy_target(study))
+    return _optuna(optuna.visualization.plot_parallel_coordinate, study, **_metric_target(study))
 
 
 def importance(study: optuna.Study) -> go.Figure | None:
     trials = complete(study.get_trials(deepcopy=False))
-    if len(trials) < 2 or len({accuracy(t) for t in trials}) < 2:
+    if len(trials) < 2 or len({value(t) for t in trials}) < 2:
         return None
-    return _optuna(optuna.visualization.plot_param_importances, study, **_accuracy_target(study))
+    return _optuna(optuna.visualization.plot_param_importances, study, **_metric_target(study))
 
 
 def slices(study: optuna.Study) -> go.Figure | None:
     """One panel per param; Optuna puts a log axis under every log-sampled param."""
     if not complete(study.get_trials(deepcopy=False)):
         return None
-    return _optuna(optuna.visualization.plot_slice, study, **_accuracy_target(study))
+    return _optuna(optuna.visualization.plot_slice, study, **_metric_target(study))
 
 
 def pareto_front(study: optuna.Study, objectives: Sequence[str]) -> go.Figure | None:
@@ -84,10 +87,9 @@ def pareto_front(study: optuna.Study, objectives: Sequence[str]) -> go.Figure | 
     lists) in their own colour."""
     if not is_multi_objective(study) or not complete(study.get_trials(deepcopy=False)):
         return None
-    names = [
-        f"{'val accuracy' if o == 'accuracy' else o} ({'max' if OBJECTIVES[o] == 'maximize' else 'min'})"
-        for o in objectives
-    ]
+    metric = metric_of(study)
+    names = [f"val {metric.name} ({'max' if metric.maximize else 'min'})"]
+    names += [f"{o} ({'max' if COSTS[o] == 'maximize' else 'min'})" for o in objectives[1:]]
     figure = _optuna(optuna.visualization.plot_pareto_front, study, target_names=names)
     if figure is None:
         return None
@@ -115,8 +117,11 @@ def timeline(study: optuna.Study) -> go.Figure | None:
     return _optuna(optuna.visualization.plot_timeline, study)
 
 
-def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> go.Figure | None:
-    """Validation accuracy per epoch: complete trials solid, pruned dotted and ending in ×, best bold.
+def learning_curves(
+    trials: Sequence[FrozenTrial], best: FrozenTrial | None, metric: Metric
+) -> go.Figure | None:
+    """The validation metric per epoch: complete trials solid, pruned dotted and ending in ×,
+    best bold.
 
     Trials of one kind share a trace (with gaps between trials) so a thousand trials stay fast.
     """
@@ -130,7 +135,7 @@ def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> 
         text: list[str | None] = []
         ends_x, ends_y = [], []
         for t in trials:
-            curve = epoch_accuracies(t)
+            curve = epoch_values(t)
             if t.state != state or not curve:
                 continue
             steps = sorted(curve)
@@ -165,7 +170,7 @@ def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> 
                     hoverinfo="skip",
                 )
             )
-    best_curve = epoch_accuracies(best) if best is not None else {}
+    best_curve = epoch_values(best) if best is not None else {}
     if best is not None and best_curve:
         steps = sorted(best_curve)
         figure.add_trace(
@@ -179,29 +184,27 @@ def learning_curves(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> 
         )
     if not figure.data:
         return None
-    figure.update_layout(
-        title="Learning curves", xaxis_title="epoch", yaxis_title="validation accuracy"
-    )
+    figure.update_layout(title="Learning curves", xaxis_title="epoch", yaxis_title=metric.title)
     return figure
 
 
-def by_param(trials: Sequence[FrozenTrial], param: str) -> go.Figure | None:
-    """Best validation accuracy of complete trials, one box per value of a categorical-like param."""
+def by_param(trials: Sequence[FrozenTrial], param: str, metric: Metric) -> go.Figure | None:
+    """Best validation metric of complete trials, one box per value of a categorical-like param."""
     groups: dict[object, list[float]] = defaultdict(list)
     for t in complete(trials):
         if param in t.params:
-            groups[t.params[param]].append(accuracy(t))
+            groups[t.params[param]].append(value(t))
     if not groups:
         return None
     figure = go.Figure()
-    for value in sorted(groups, key=_sort_key):
+    for choice in sorted(groups, key=_sort_key):
         figure.add_trace(
-            go.Box(y=groups[value], name=str(value), boxpoints="all", jitter=0.4, pointpos=0)
+            go.Box(y=groups[choice], name=str(choice), boxpoints="all", jitter=0.4, pointpos=0)
         )
     figure.update_layout(
-        title=f"Validation accuracy by {param} (complete trials)",
+        title=f"Validation {metric.name} by {param} (complete trials)",
         xaxis_title=param,
-        yaxis_title="validation accuracy",
+        yaxis_title=metric.title,
         showlegend=False,
     )
     return figure
@@ -217,8 +220,8 @@ def throughput_by_batch_size(trials: Sequence[FrozenTrial]) -> go.Figure | None:
     if not groups:
         return None
     figure = go.Figure()
-    for value in sorted(groups, key=_sort_key):
-        figure.add_trace(go.Box(y=groups[value], name=str(value), boxpoints="all", pointpos=0))
+    for choice in sorted(groups, key=_sort_key):
+        figure.add_trace(go.Box(y=groups[choice], name=str(choice), boxpoints="all", pointpos=0))
     figure.update_layout(
         title="Training throughput by batch size (all trials)",
         xaxis_title="batch_size",
@@ -229,18 +232,24 @@ def throughput_by_batch_size(trials: Sequence[FrozenTrial]) -> go.Figure | None:
 
 
 def compare_studies(studies: Sequence[optuna.Study]) -> list[go.Figure]:
-    """Best-so-far against trial number and against cumulative training seconds, a line a study."""
+    """Best-so-far against trial number and against cumulative training seconds, a line a study
+    (each study's best in its own metric's direction)."""
     by_number, by_seconds = go.Figure(), go.Figure()
+    metrics = {metric_of(study) for study in studies}
+    title = next(iter(metrics)).title if len(metrics) == 1 else "validation metric"
     for study in studies:
+        metric = metric_of(study)
         trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        best = -math.inf
+        best = math.nan
         numbers, seconds, values = [], [], []
         spent = 0.0
         for t in trials:
             spent += trial_attrs(t).get("seconds", 0.0)
-            if t.state == TrialState.COMPLETE:
-                best = max(best, accuracy(t))
-            if best > -math.inf:
+            if t.state == TrialState.COMPLETE and (
+                math.isnan(best) or metric.better(value(t), best)
+            ):
+                best = value(t)
+            if not math.isnan(best):
                 numbers.append(t.number)
                 seconds.append(spent)
                 values.append(best)
@@ -248,12 +257,12 @@ def compare_studies(studies: Sequence[optuna.Study]) -> list[go.Figure]:
         by_number.add_trace(go.Scatter(x=numbers, y=values, mode="lines", name=name))
         by_seconds.add_trace(go.Scatter(x=seconds, y=values, mode="lines", name=name))
     by_number.update_layout(
-        title="Best so far by trial", xaxis_title="trial", yaxis_title="best validation accuracy"
+        title="Best so far by trial", xaxis_title="trial", yaxis_title=f"best {title}"
     )
     by_seconds.update_layout(
         title="Best so far by training time",
         xaxis_title="training seconds (cumulative)",
-        yaxis_title="best validation accuracy",
+        yaxis_title=f"best {title}",
     )
     return [by_number, by_seconds]
 

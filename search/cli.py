@@ -217,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--download", action="store_true", help="download missing torchvision datasets"
     )
 
+    predict = commands.add_parser(
+        "predict",
+        parents=[common],
+        help="score images or a tensor file with an exported model, prepared as its study's data",
+    )
+    predict.add_argument(
+        "model", type=Path, metavar="MODEL_DIR", help="a folder search export wrote"
+    )
+    predict.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="a folder of images, one image, or a .npz/.pt file (x, or x_test; y to score)",
+    )
+    predict.add_argument(
+        "--out", type=Path, help="write the predictions to this CSV file (default: print them)"
+    )
+    predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
     show = commands.add_parser(
         "show", parents=[common], help="show a study's settings and best trial"
     )
@@ -471,7 +490,7 @@ def _run(args: argparse.Namespace) -> int:
     study = result.study
     print(f"{study.study_name}: {state_counts(study)} in {result.seconds:.1f} s")
     print(f"best: {best_value(study)}")
-    best = studies.most_accurate(study)
+    best = studies.best_trial(study)
     if best is not None:
         print(f"      {format_params(best.params)}")
     print(f"database: {studies.describe(result.storage_url)}")
@@ -634,22 +653,42 @@ def _export(args: argparse.Namespace) -> int:
         )
     )
     metrics = exported.metrics
-    if metrics["val_accuracy"] is not None:
+    metric = metrics["metric"]
+    if metrics[f"val_{metric}"] is not None:
         print(
-            f"val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']} "
-            f"(the trial had {metrics['trial_val_accuracy']:.4f})"
+            f"val {metric} {metrics[f'val_{metric}']:.4f} at epoch {metrics['best_epoch']} "
+            f"(the trial had {metrics[f'trial_val_{metric}']:.4f})"
         )
-    print(f"test accuracy {metrics['test_accuracy']:.4f}")
+    print(f"test {metric} {metrics[f'test_{metric}']:.4f}")
     for name, check in metrics["files"].items():
         if isinstance(check, dict):
-            print(f"  {name}: reloaded, logits within {check['max_abs_logit_difference']:.1e}")
+            print(f"  {name}: reloaded, outputs within {check['max_abs_difference']:.1e}")
         else:
             print(f"  {name}: {check}")
-    print(f"wrote {exported.out}/ (model.pt, config.toml, metrics.json and the files above)")
+    print(
+        f"wrote {exported.out}/ (model.pt, model.json, config.toml, metrics.json and the files "
+        f"above); search predict {exported.out} INPUT scores new data with it"
+    )
     if "mlflow_run" in metrics:
         print(f"logged to mlflow {args.mlflow}: run {metrics['mlflow_run']} (files under files/)")
         if metrics["mlflow_model"]:
             print(f"  mlflow.pytorch.load_model({metrics['mlflow_model']!r}) loads the TorchScript")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from search.predict import predict, summary, write_csv
+    from search.train import pick_device
+
+    predictions = predict(
+        args.model.expanduser(), args.input.expanduser(), str(pick_device(args.device))
+    )
+    if args.out is None:
+        sys.stdout.write(predictions.csv())
+        print(summary(predictions), file=sys.stderr)  # beside the CSV, not in it
+    else:
+        out = write_csv(predictions, args.out.expanduser())
+        print(f"{summary(predictions)}; wrote {out}")
     return 0
 
 
@@ -703,6 +742,7 @@ _COMMANDS = {
     "worker": _worker,
     "best": _best,
     "export": _export,
+    "predict": _predict,
 }
 
 

@@ -17,20 +17,26 @@ from search import study as studies
 from search.errors import SettingsError, StorageError
 
 if TYPE_CHECKING:
-    from search.train import EpochResult
+    from search.contract import EpochResult
 
 
-def trial_note(outcome: str, params: dict[str, Any], history: Sequence[EpochResult]) -> str:
-    """Markdown: how the trial ended, its params, and a row per report (per epoch, or k per epoch)."""
+def trial_note(
+    outcome: str,
+    params: dict[str, Any],
+    history: Sequence[EpochResult],
+    metric: str = "accuracy",
+) -> str:
+    """Markdown: how the trial ended, its params, and a row per report (per epoch, or k per
+    epoch) with the validation ``metric``."""
     lines = [f"**{outcome}**", "", "| param | value |", "| --- | --- |"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in params.items()]
     lines += [
         "",
-        "| epoch | val accuracy | train loss | seconds | images/s |",
+        f"| epoch | val {metric} | train loss | seconds | images/s |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {r.epoch:g} | {r.val_accuracy:.4f} | {r.train_loss:.4f} | {r.seconds:.2f} | "
+        f"| {r.epoch:g} | {r.value:.4f} | {r.train_loss:.4f} | {r.seconds:.2f} | "
         f"{r.images_per_second:,.0f} |"
         for r in history
     ]

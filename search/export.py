@@ -2,20 +2,24 @@
 
 The directory holds:
 
-- ``model.pt``: the state dict (loadable with ``weights_only=True``; `load_model` rebuilds it);
+- ``model.pt``: the state dict (loadable with ``weights_only=True``;
+  `search.exported.load_model` rebuilds it);
+- ``model.json``: what using the model needs (`search.exported`): kind and metric, class names,
+  each input's name, dtype and shape, the image size and resize method of folder data;
 - ``config.toml``: a space file with the task, the model (a family, or the user's factory by an
   absolute reference) and each param fixed to the trial's value, runnable again with
   ``search run --space DIR/config.toml``;
-- ``metrics.json``: validation and test accuracy, epochs, seconds, seeds, input shape, classes,
-  device and versions;
+- ``metrics.json``: the validation and test metric (``test_accuracy``, ``test_rmse`` ...), epochs,
+  seconds, seeds, device and versions;
 - ``model.torchscript.pt`` where ``torch.jit.trace`` captures the model and, with the ``onnx`` extra
   installed, ``model.onnx`` where the exporter does; a model that they cannot capture (a user's,
   with Python control flow) gets a line saying why the file was skipped.
 
-Every model file takes raw inputs (the dataset's own scale): normalization with the training
-statistics is part of the model. Each exported file is loaded back and run on a test batch before
-the directory appears, and the largest difference from the trained model is recorded. The directory
-is written beside its final path and renamed into place, so an interrupted export leaves nothing.
+Every model file takes raw inputs (the dataset's own scale): the preparation with the training
+statistics is part of the model, and a regression model answers in the targets' units. Each
+exported file is loaded back and run on a test batch before the directory appears, and the largest
+difference from the trained model is recorded. The directory is written beside its final path and
+renamed into place, so an interrupted export leaves nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import json
 import math
 import shutil
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,27 +39,16 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search import references, retrain, runner, spaces, tasks, trackers
+from search import references, retrain, runner, spaces, trackers
 from search import study as studies
+from search.contract import Inputs, map_inputs
 from search.errors import SettingsError, StorageError
-from search.tasks import factory, placement, resolve
+from search.exported import USAGE_FILE, Prepared, load_model, raw_dtype
+from search.tasks import Task, placement, resolve
 from search.train import pick_device
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-TOLERANCE = 1e-4  # largest logit difference allowed between the model and a file it was saved to
-
-
-class Normalized(nn.Module):
-    """A trained model with its input normalization, so it takes the dataset's raw values."""
-
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", mean.detach().clone())  # shaped (1, C, 1, ...) to broadcast
-        self.register_buffer("std", std.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+TOLERANCE = 1e-4  # largest difference (relative to the outputs' scale) of a file from the model
 
 
 @dataclass(frozen=True)
@@ -70,20 +62,20 @@ class ExportSettings:
     device: str | None = None
     data_dir: Path = Path("data")
     download: bool = False
-    mlflow: str | None = None  # also log the model, its accuracy and files to this tracking URI
+    mlflow: str | None = None  # also log the model, its metric and files to this tracking URI
 
 
 @dataclass(frozen=True)
 class Exported:
     out: Path
-    model: nn.Module  # the trained model, normalization included, on the CPU, in eval mode
+    model: Prepared  # the trained model, preparation included, on the CPU, in eval mode
     metrics: dict[str, Any]
-    sample: torch.Tensor  # raw test inputs the exported files were checked on
+    sample: Inputs  # raw test inputs the exported files were checked on
 
 
 def chosen_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial ``number``, or the study's best (for several objectives, the most accurate on the
-    Pareto front)."""
+    """Trial ``number``, or the study's best (for several objectives, the one with the best
+    metric on the Pareto front)."""
     trials = study.get_trials(deepcopy=False)
     if number is not None:
         if not 0 <= number < len(trials):
@@ -91,13 +83,13 @@ def chosen_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 f"--trial {number}: study {study.study_name} has trials 0..{len(trials) - 1}"
             )
         trial = trials[number]
-        if studies.trial_result(trial) is None or trial.state not in (
+        if not studies.epoch_values(trial) or trial.state not in (
             TrialState.COMPLETE,
             TrialState.PRUNED,
         ):
             raise SettingsError(f"--trial {number}: it is {trial.state.name}, with no result")
         return trial
-    best = studies.most_accurate(study)
+    best = studies.best_trial(study)
     if best is None:
         raise StorageError(f"study {study.study_name} has no complete trial yet")
     return best
@@ -136,8 +128,9 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         data_dir=settings.data_dir,
         download=settings.download,
     )
-    curve = studies.epoch_accuracies(trial)
-    best_epoch = max(curve, key=lambda epoch: (curve[epoch], -epoch))
+    metric = studies.metric_of(study)
+    curve = studies.epoch_values(trial)
+    best_epoch = max(curve, key=lambda epoch: (metric.key(curve[epoch]), -epoch))
     # Whole epochs: a best report inside an epoch is found again by reporting as the trial did.
     epochs = settings.epochs or math.ceil(best_epoch if settings.full_train else max(curve))
     if settings.full_train:
@@ -150,26 +143,32 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     start = time.perf_counter()
     again = retrain.retrain(
         task,
+        space,
         data,
         trial.params,
         seed=seed,
         epochs=epochs,
+        schedule_epochs=stored["epochs"],
         keep="last" if settings.full_train else "best",
         reports_per_epoch=studies.reports_per_epoch(trial),
     )
     seconds = time.perf_counter() - start
     test_split = task.load(settings.data_dir, settings.download, False)
-    test_accuracy = retrain.test_accuracy(again.model, data, test_split)
-    model = Normalized(again.model, data.mean, data.std).to("cpu").eval()
-    sample = test_split.images[:64].float()
+    test_value = retrain.test_value(again.model, task, data, test_split)
+    shapes = _shapes(task)
+    model = Prepared.around(again.model, data.inputs, shapes, data.targets).to("cpu").eval()
+    sample = _raw(map_inputs(lambda x: x[:64], test_split.inputs), model)
 
+    name = metric.name
     metrics = {
         "study": settings.study,
         "trial": trial.number,
         "params": trial.params,
-        "trial_val_accuracy": studies.trial_result(trial),
-        "val_accuracy": None if settings.full_train else again.val_accuracy,
-        "test_accuracy": test_accuracy,
+        "metric": name,
+        "direction": metric.direction,
+        f"trial_val_{name}": studies.trial_result(trial, metric),
+        f"val_{name}": None if settings.full_train else again.value,
+        f"test_{name}": test_value,
         "epochs": epochs,
         "best_epoch": None if settings.full_train else again.best_epoch,
         "full_train": settings.full_train,
@@ -179,7 +178,8 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         "task": space.task,
         "model": space.model,
         "model_args": space.model_args,
-        "input_shape": list(task.input_shape),
+        "recipe": space.recipe,
+        "input_shape": list(shapes[0]),
         "num_classes": task.num_classes,
         "data_mode": data.mode,
         "environment": studies.environment(device),
@@ -188,6 +188,9 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
+        (partial / USAGE_FILE).write_text(
+            json.dumps(usage_record(task, model, test_split), indent=2) + "\n"
+        )
         metrics["files"] = _write(partial, model, space, trial, epochs, sample, metrics)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out.exists():
@@ -206,31 +209,79 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     return Exported(out, model, metrics, sample)
 
 
+def _shapes(task: Task) -> tuple[tuple[int, ...], ...]:
+    """Each input's shape (one example's)."""
+    shape = task.input_shape
+    if shape and isinstance(shape[0], tuple):
+        return tuple(tuple(s) for s in shape)
+    return (tuple(shape),)
+
+
+def _raw(inputs: Inputs, model: Prepared) -> Inputs:
+    """Inputs as the data holds them, in the dtype the exported model is fed (int64 ids and
+    codes, float32 for the rest)."""
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)
+    raw = tuple(x.to(raw_dtype(how)) for x, how in zip(parts, model.preparation, strict=True))
+    return raw if isinstance(inputs, tuple) else raw[0]
+
+
+def usage_record(task: Task, model: Prepared, test: Any) -> dict[str, Any]:
+    """``model.json``: what using the model needs (see `search.exported`)."""
+    data = (task.fingerprint or {}).get("data", {})
+    parts = test.inputs if isinstance(test.inputs, tuple) else (test.inputs,)
+    names = [spec["name"] for spec in data.get("inputs", [])] or [
+        "x" if len(parts) == 1 else f"input{i}" for i in range(len(parts))
+    ]
+    regression = task.scoring.kind == "regression"
+    return {
+        "kind": task.scoring.kind,
+        "metric": task.scoring.metric_name,
+        "direction": task.scoring.direction,
+        "classes": list(task.classes),
+        "outputs": task.num_classes,
+        "inputs": [
+            {
+                "name": name,
+                "dtype": str(x.dtype).removeprefix("torch."),
+                "shape": list(x.shape[1:]),
+                "prepared": how,
+            }
+            for name, x, how in zip(names, parts, model.preparation, strict=True)
+        ],
+        "targets": (
+            {"shape": list(test.targets.shape[1:]), "standardized": True} if regression else None
+        ),
+        "image": data.get("image"),
+        "preparation": "inside the model: give it inputs as the data holds them",
+    }
+
+
 def _write(
     folder: Path,
-    model: Normalized,
+    model: Prepared,
     space: spaces.Space,
     trial: FrozenTrial,
     epochs: int,
-    sample: torch.Tensor,
+    sample: Inputs,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write the model files and config into ``folder``; reload each and compare its logits."""
+    """Write the model files and config into ``folder``; reload each and compare its outputs."""
     files: dict[str, Any] = {}
+    args = sample if isinstance(sample, tuple) else (sample,)
+    classify = not model.regression
     with warnings.catch_warnings(), torch.inference_mode():
         # TorchScript is deprecated in favour of torch.export, but it still loads anywhere.
         warnings.simplefilter("ignore")
-        expected = model(sample)
+        expected = model(*args)
         torch.save(model.state_dict(), folder / "model.pt")
         (folder / "config.toml").write_text(config_toml(space, trial, epochs, metrics))
-        # What `load_model` rebuilds from; written again below with these files' checks.
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        files["model.pt"] = _difference(load_model(folder)(sample), expected)
+        files["model.pt"] = _difference(load_model(folder)(*args), expected, classify)
 
         files["model.torchscript.pt"] = _optional(
             folder / "model.torchscript.pt",
-            lambda path: _torchscript(model, sample, path),
+            lambda path: _torchscript(model, args, path),
             expected,
+            classify,
             "torch.jit.trace",
         )
         missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
@@ -241,91 +292,89 @@ def _write(
         else:
             files["model.onnx"] = _optional(
                 folder / "model.onnx",
-                lambda path: _onnx(model, sample, path),
+                lambda path: _onnx(model, args, path),
                 expected,
+                classify,
                 "torch.onnx.export",
             )
     return files
 
 
-def _optional(path: Path, write: Any, expected: torch.Tensor, how: str) -> dict[str, Any] | str:
+def _optional(
+    path: Path, write: Any, expected: torch.Tensor, classify: bool, how: str
+) -> dict[str, Any] | str:
     """Write a format the model may not allow (tracing, ONNX); a line saying why it was skipped
     where it does not, or where the file does not reproduce the model."""
     try:
-        return _difference(write(path), expected)
+        return _difference(write(path), expected, classify)
     except Exception as e:
         path.unlink(missing_ok=True)
         return f"skipped: {how} could not capture this model: {references.failure_line(e)}"
 
 
-def _capture_batch(sample: torch.Tensor) -> torch.Tensor:
+def _capture_batch(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The batch a format captures the model on: half the one it is checked on, so that a file
     that froze the batch size, or a branch the data took, is caught rather than shipped."""
-    return sample[: max(1, len(sample) // 2)]
+    return tuple(x[: max(1, len(x) // 2)] for x in args)
 
 
-def _torchscript(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:
-    torch.jit.trace(model, _capture_batch(sample)).save(path)
-    return torch.jit.load(path)(sample)
+def _torchscript(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> torch.Tensor:
+    torch.jit.trace(model, _capture_batch(args)).save(path)
+    return torch.jit.load(path)(*args)
 
 
-def _onnx(model: nn.Module, sample: torch.Tensor, path: Path) -> torch.Tensor:
+def onnx_names(model: Prepared, count: int) -> tuple[list[str], str]:
+    """The ONNX graph's input names (``images`` for one input of images) and output name."""
+    if count == 1:
+        inputs = ["images" if model.preparation[0] != "as integers" else "inputs"]
+    else:
+        inputs = [f"input{i}" for i in range(count)]
+    return inputs, "predictions" if model.regression else "logits"
+
+
+def _onnx(model: Prepared, args: tuple[torch.Tensor, ...], path: Path) -> torch.Tensor:
     import onnxruntime
 
     batch = torch.export.Dim("batch", min=1)
+    inputs, output = onnx_names(model, len(args))
     torch.onnx.export(
         model,
-        (_capture_batch(sample),),
+        _capture_batch(args),
         path,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: batch}},
+        input_names=inputs,
+        output_names=[output],
+        dynamic_shapes={"inputs": tuple({0: batch} for _ in args)},
         external_data=False,
         verbose=False,
     )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": sample.numpy()})[0])
+    feed = {name: x.numpy() for name, x in zip(inputs, args, strict=True)}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
-def _difference(got: torch.Tensor, expected: torch.Tensor) -> dict[str, Any]:
-    """How far a reloaded file's logits are from the model's; an error past `TOLERANCE`."""
+def _difference(got: torch.Tensor, expected: torch.Tensor, classify: bool) -> dict[str, Any]:
+    """How far a reloaded file's outputs are from the model's; an error past `TOLERANCE` of
+    their scale (or, for logits, where a predicted class differs)."""
     largest = float((got - expected).abs().max())
-    if largest > TOLERANCE or not torch.equal(got.argmax(1), expected.argmax(1)):
+    scale = max(1.0, float(expected.abs().max()))
+    if largest > TOLERANCE * scale or (
+        classify and not torch.equal(got.argmax(1), expected.argmax(1))
+    ):
         raise RuntimeError(
-            f"the file's logits differ from the model's by {largest:.2e} on {len(expected)} test "
+            f"the file's outputs differ from the model's by {largest:.2e} on {len(expected)} test "
             "inputs (Python control flow or NumPy in forward?)"
         )
-    return {"max_abs_logit_difference": largest, "checked_on": len(expected)}
-
-
-def load_model(folder: Path) -> Normalized:
-    """The model saved in ``folder/model.pt``, rebuilt by its factory from the folder's
-    ``config.toml`` (model, fixed params) and ``metrics.json`` (input shape, classes)."""
-    config = tomllib.loads((folder / "config.toml").read_text())
-    metrics = json.loads((folder / "metrics.json").read_text())
-    params = {name: spec["choices"][0] for name, spec in config["params"].items()}
-    task = config["task"]
-    made = factory.resolve(task["model"], task.get("model_args", {}), folder)
-    input_shape = tuple(metrics["input_shape"])
-    broadcast = (1, input_shape[0], *[1] * (len(input_shape) - 1))
-    # Exports written before user tasks existed name a registered task and no class count.
-    num_classes = metrics.get("num_classes") or tasks.get(task["name"]).num_classes
-    model = Normalized(
-        made.build(params, input_shape, num_classes),
-        torch.zeros(broadcast),
-        torch.ones(broadcast),
-    )
-    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True, map_location="cpu"))
-    return model.eval()
+    return {"max_abs_difference": largest, "checked_on": len(expected)}
 
 
 def config_toml(
     space: spaces.Space, trial: FrozenTrial, epochs: int, metrics: dict[str, Any]
 ) -> str:
     """A space file with every param fixed to the trial's value (a one-choice categorical)."""
+    metric = metrics["metric"]
     description = (
-        f"trial {trial.number} of study {metrics['study']}: val accuracy "
-        f"{metrics['trial_val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}"
+        f"trial {trial.number} of study {metrics['study']}: val {metric} "
+        f"{metrics[f'trial_val_{metric}']:.4f}, test {metric} {metrics[f'test_{metric}']:.4f}"
     )
     table = {**space.absolute_task_table(), "epochs": epochs, "val_fraction": space.val_fraction}
     model_args = table.pop("model_args", {})

@@ -1,10 +1,11 @@
 """The Optuna objective: sampled params → model → `train.fit` → per-epoch report/prune → value.
 
-Every trial, however it ends, records what it cost: its seed, device, the path its data took
-(resident or streamed), parameter count, epochs run, training seconds, per-report seconds,
-images/s and train loss, peak memory, and the wall time its sampler and pruner took, as one user
-attr (`search.study.TRIAL_ATTR`, read through `search.study.trial_attrs`), so that a trial's
-bookkeeping is one write rather than one per key;
+The value is the task's validation metric (accuracy, RMSE, the user's own), the best of the trial's
+reports in the metric's direction. Every trial, however it ends, records what it cost: its seed,
+device, the path its data took (resident or streamed), parameter count, epochs run, training
+seconds, per-report seconds, images/s, train loss and metric, peak memory, and the wall time its
+sampler and pruner took, as one user attr (`search.study.TRIAL_ATTR`, read through
+`search.study.trial_attrs`), so that a trial's bookkeeping is one write rather than one per key;
 its ``fail_reason`` is a user attr of its own, which the claim at the target counts in SQL. And a
 markdown note (params and a row per report) that optuna-dashboard shows beside the trial.
 
@@ -25,21 +26,23 @@ import optuna
 import torch
 
 from search.checkpoint import FileCheckpoint
+from search.contract import EpochResult, Hyperparameters, TrainingData
 from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, TrialFailure
 from search.spaces import Space
 from search.study import TRIAL_ATTR, original_number, retried_from, trial_attrs, trial_seed
 from search.tasks import Task
 from search.trackers import Tracker
-from search.train import EpochResult, Hyperparameters, TrainingData, fit, split_params
+from search.train import fit
 
 
 class Objective:
     """Trains one configuration per trial on data already on the device (or streamed to it).
 
-    It returns the best validation accuracy; with ``objectives`` beyond ``accuracy``, a tuple
-    that adds the trial's training seconds (``train-seconds``) and parameter count (``params``).
-    Optuna takes no per-epoch reports in multi-objective studies, so those trials run unpruned.
+    It returns the task's best validation metric; with ``objectives`` beyond the metric, a
+    tuple that adds the trial's training seconds (``train-seconds``) and parameter count
+    (``params``). Optuna takes no per-epoch reports in multi-objective studies, so those trials
+    run unpruned.
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class Objective:
         epochs: int,
         seed: int,
         checkpoint_dir: Path | None = None,
-        objectives: tuple[str, ...] = ("accuracy",),
+        objectives: tuple[str, ...] = ("accuracy",),  # the metric first, then any costs
         train: Callable[..., list[EpochResult]] = fit,
         reports_per_epoch: int = 1,
         tracker: Tracker | None = None,
@@ -74,7 +77,8 @@ class Objective:
         params = self.space.suggest(trial)
         sampling_seconds = time.perf_counter() - sampling_start
         pruning_seconds = 0.0
-        hp = split_params(params)[0]
+        hp = self.space.hyperparameters(params)
+        scoring = self.task.scoring
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
         # Once per trial: the origin and any OOM trials. This is the read Optuna's samplers
         # made for this trial (a random sampler's objective makes it here).
@@ -101,7 +105,7 @@ class Objective:
             self.tracker.reported(trial.number, result)
             if len(self.objectives) > 1:
                 return
-            trial.report(result.val_accuracy, result.step)
+            trial.report(result.value, result.step)
             # After the last epoch there is no training left to save: the trial is complete.
             if result.step >= self.epochs * self.reports_per_epoch:
                 return
@@ -132,6 +136,7 @@ class Objective:
                 size,
                 epochs=self.epochs,
                 seed=seed,
+                scoring=scoring,
                 on_epoch=report_and_maybe_prune,
                 checkpoint=checkpoint,
                 history=history,
@@ -157,7 +162,8 @@ class Objective:
             outcome = f"failed: {attrs['fail_detail']}"
             raise
         else:
-            outcome = f"complete: best val accuracy {max(r.val_accuracy for r in history):.4f}"
+            best = scoring.best([r.value for r in history])
+            outcome = f"complete: best val {scoring.metric_name} {best:.4f}"
         finally:
             attrs = {
                 **_costs(history, device),
@@ -173,17 +179,17 @@ class Objective:
                 trial.set_user_attr("fail_reason", attrs.pop("fail_reason"))
             trial.set_user_attr(TRIAL_ATTR, attrs)
             if outcome:
-                save_trial_note(trial, trial_note(outcome, params, history))
+                save_trial_note(trial, trial_note(outcome, params, history, scoring.metric_name))
                 if checkpoint is not None:
                     checkpoint.delete()  # finished: its retry will never need it
-        values = {
-            "accuracy": max(result.val_accuracy for result in history),
+        value = scoring.best([result.value for result in history])
+        if len(self.objectives) == 1:
+            return value
+        costs = {
             "train-seconds": sum(result.seconds for result in history),
             "params": float(attrs["param_count"]),
         }
-        if len(self.objectives) == 1:
-            return values["accuracy"]
-        return tuple(values[name] for name in self.objectives)
+        return (value, *(costs[name] for name in self.objectives[1:]))
 
 
 def _fit_or_oom(
@@ -246,6 +252,6 @@ def _costs(history: list[EpochResult], device: torch.device) -> dict[str, Any]:
         "epoch_seconds": [round(r.seconds, 4) for r in history],
         "images_per_second": [round(r.images_per_second, 1) for r in history],
         "train_loss": [r.train_loss for r in history],
-        "val_accuracy": [r.val_accuracy for r in history],
+        "val_values": [r.value for r in history],
         "peak_memory_mb": round(peak_mb, 1),
     }

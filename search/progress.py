@@ -8,26 +8,30 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from search.study import count_finished, epochs_text, trial_attrs
+from search.study import Metric, count_finished, epochs_text, trial_attrs
 
 
 def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_short(v)}" for k, v in params.items())
 
 
-def trial_line(trial: FrozenTrial) -> str:
-    """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped."""
+def trial_line(trial: FrozenTrial, metric: Metric | None = None) -> str:
+    """``#12 COMPLETE val_acc 0.9611 lr=0.0032 ... 10 epochs 4.1s``, or the reason it stopped;
+    the value is the study's ``metric`` (accuracy by default)."""
+    metric = metric or Metric()
     state = trial.state.name
     attrs = trial_attrs(trial)
     epochs = epochs_text(attrs.get("epochs_run", 0))
     seconds = attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
-        outcome = f"val_acc {trial.values[0]:.4f}"
+        outcome = f"{metric.label} {trial.values[0]:.4f}"
         if len(trial.values) > 1:
             outcome += " (" + ", ".join(f"{v:.4g}" for v in trial.values[1:]) + ")"
     elif trial.state == TrialState.PRUNED:
-        best = max(trial.intermediate_values.values(), default=float("nan"))
-        outcome = f"val_acc {best:.4f} pruned at epoch {epochs}"
+        best = metric.best(trial.intermediate_values.values())
+        outcome = (
+            f"{metric.label} {float('nan') if best is None else best:.4f} pruned at epoch {epochs}"
+        )
     else:
         outcome = attrs.get("fail_detail", "failed")
     return f"#{trial.number:<4} {state:<8} {outcome}  {format_params(trial.params)}  {epochs} epochs {seconds:.1f}s"
@@ -38,9 +42,15 @@ class TrialLog:
     study's finished trials (those of every worker)."""
 
     def __init__(
-        self, total: int, done: int = 0, show_bar: bool = True, show_lines: bool = True
+        self,
+        total: int,
+        done: int = 0,
+        show_bar: bool = True,
+        show_lines: bool = True,
+        metric: Metric | None = None,
     ) -> None:
         self.show_lines = show_lines
+        self.metric = metric or Metric()
         self.bar = tqdm(
             total=total,
             initial=done,
@@ -52,13 +62,13 @@ class TrialLog:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.show_lines:
-            self.bar.write(trial_line(trial))
+            self.bar.write(trial_line(trial, self.metric))
         if self.bar.disable:
             return
         self.bar.n = min(self.bar.total, count_finished(study))
-        accuracies = [t.values[0] for t in study.best_trials]  # the best, or the Pareto front
-        if accuracies:
-            self.bar.set_postfix(best=f"{max(accuracies):.4f}", refresh=False)
+        best = self.metric.best(t.values[0] for t in study.best_trials)  # or the Pareto front's
+        if best is not None:
+            self.bar.set_postfix({f"best {self.metric.label}": f"{best:.4f}"}, refresh=False)
         self.bar.refresh()
 
     def __enter__(self) -> Self:

@@ -35,6 +35,7 @@ class Facts:
     trials: list[FrozenTrial]
     settings: dict[str, Any]
     environment: dict[str, Any]
+    metric: studies.Metric
     best: FrozenTrial | None
     training_seconds: float
     pruner_saved_seconds: float
@@ -55,13 +56,19 @@ class Facts:
                 if run:
                     saved += (max_epochs - run) * sum(epoch_seconds) / run
         completed = charts.complete(trials)
+        metric = studies.metric_of(study)
         return cls(
             study=study,
             url=url,
             trials=trials,
             settings=settings,
             environment=study.user_attrs.get(studies.ENVIRONMENT_ATTR, {}),
-            best=max(completed, key=studies.accuracy) if completed else None,
+            metric=metric,
+            best=(
+                max(completed, key=lambda t: (metric.key(studies.value(t)), -t.number))
+                if completed
+                else None
+            ),
             training_seconds=sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials),
             pruner_saved_seconds=saved,
         )
@@ -144,52 +151,56 @@ def _study_sections(facts: Facts, heading: bool) -> str:
                 [charts.pareto_front(study, objectives)],
             )
         )
+    metric = facts.metric
+    direction = "higher" if metric.maximize else "lower"
     parts.append(
         section(
             "Optimization history",
-            "Validation accuracy of each complete trial and the best so far.",
+            f"Validation {metric.name} of each complete trial and the best so far ({direction} "
+            "is better).",
             [charts.optimization_history(study)],
         )
     )
     parts.append(
         section(
             "Learning curves",
-            "Validation accuracy after every epoch. Pruned trials are dotted and end in ×; "
-            "the best trial is the bold green line.",
-            [charts.learning_curves(trials, facts.best)],
+            f"Validation {metric.name} after every report. Pruned trials are dotted and end in "
+            "×; the best trial is the bold green line.",
+            [charts.learning_curves(trials, facts.best, metric)],
         )
     )
     parts.append(
         section(
             "Parallel coordinates",
             "Each line is a complete trial across the sampled hyperparameters, coloured by "
-            "accuracy.",
+            f"validation {metric.name}.",
             [charts.parallel_coordinate(study)],
         )
     )
     parts.append(
         section(
             "Hyperparameter importance",
-            "How much of the variation in accuracy each hyperparameter explains (fANOVA, "
-            "optuna.importance).",
+            f"How much of the variation in validation {metric.name} each hyperparameter "
+            "explains (fANOVA, optuna.importance).",
             [charts.importance(study)],
         )
     )
     parts.append(
         section(
             "Slices",
-            "Accuracy against each hyperparameter on its own; log-sampled ones on log axes.",
+            f"Validation {metric.name} against each hyperparameter on its own; log-sampled "
+            "ones on log axes.",
             [charts.slices(study)],
         )
     )
+    compared = ("optimizer", "lr_schedule", "depth", "batch_size")
     parts.append(
         section(
             "Comparisons",
-            "Accuracy by optimizer, depth and batch size; throughput by batch size.",
+            f"Validation {metric.name} by optimizer, learning-rate schedule, depth and batch "
+            "size (where sampled); throughput by batch size.",
             [
-                charts.by_param(trials, "optimizer"),
-                charts.by_param(trials, "depth"),
-                charts.by_param(trials, "batch_size"),
+                *(charts.by_param(trials, param, metric) for param in compared),
                 charts.throughput_by_batch_size(trials),
             ],
         )
@@ -231,6 +242,13 @@ def _summary(facts: Facts) -> str:
         ("study", study.study_name),
         ("storage", studies.describe(facts.url)),
         ("task", f"{settings.get('task', '?')}, model {settings.get('model', '?')}"),
+        (
+            "scoring",
+            (
+                f"{settings.get('kind', 'classification')}: validation {facts.metric.name}, "
+                f"{facts.metric.direction}d"
+            ),
+        ),
         ("space", settings.get("space_source", "?")),
         (
             "search",
@@ -245,7 +263,13 @@ def _summary(facts: Facts) -> str:
     if facts.best is not None:
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in facts.best.params.items())
         rows.append(
-            ("best", f"trial {facts.best.number}: val accuracy {studies.accuracy(facts.best):.4f}")
+            (
+                "best",
+                (
+                    f"trial {facts.best.number}: val {facts.metric.name} "
+                    f"{studies.value(facts.best):.4f}"
+                ),
+            )
         )
         rows.append(("best params", params))
     else:

@@ -10,6 +10,7 @@ study is created or changed, so bad input never leaves a half-made study behind.
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 import uuid
@@ -22,15 +23,20 @@ import optuna
 
 from search import spaces, trackers, workers
 from search import study as studies
+from search.contract import TrainingData
 from search.errors import SettingsError, SpaceError, StorageError
 from search.spaces import Space
 from search.tasks import Task, placement, resolve
-from search.train import Hyperparameters, TrainingData, pick_device
+from search.tasks.data import can_augment
+from search.tasks.models import shape_text
+from search.train import pick_device
 
 # Search settings fixed when a study is created; a resume that names a different one is refused.
 FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives", "reports_per_epoch")
 # For studies created before the setting existed.
 DEFAULTS = {"objectives": "accuracy", "reports_per_epoch": 1}
+# What a study records of its task's scoring, beside its search settings.
+SCORING_SETTINGS = ("kind", "metric", "direction")
 # A new study's search strategy when `search run` names none: what won the README's benchmark
 # (TPE with successive halving from a quarter epoch, 0.34x random search's cost on MNIST-1D).
 DEFAULT_SAMPLER, DEFAULT_PRUNER, DEFAULT_REPORTS_PER_EPOCH = "tpe", "sha", 4
@@ -156,11 +162,13 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
             f"no study {name} in {studies.describe(url)}; create it first with "
             f"search run --study {name} --space SPACE --storage URL --trials 0"
         )
+    if existing is None and settings.study is not None and settings.space is None:
+        raise StorageError(_no_such_study(name, url, settings.storage, storage))
     if existing is not None:
         space, fixed = resume_settings(existing, settings, url)
     else:
         space = spaces.load(settings.space)
-        objectives = settings.objectives or "accuracy"
+        objectives = _objectives(settings, space)
         multi = "," in objectives
         fixed = {
             "sampler": settings.sampler or DEFAULT_SAMPLER,
@@ -196,7 +204,9 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         processes=worker_devices.count(worker_devices[0]),
     )
     _check_batch_sizes(space, data.n_train)
-    resolve.check_model(task, space, data.examples(2))
+    examples = data.examples(2)
+    _check_augment(space, task, examples[0])
+    resolve.check_model(task, space, examples)
 
     uid = uuid.uuid4().hex  # a new study's; made here so that its MLflow run can carry it
     to_store = targets.stored()
@@ -276,7 +286,10 @@ def _create(
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        directions=[studies.OBJECTIVES[o] for o in fixed["objectives"].split(",")],
+        directions=[
+            space.scoring.direction,
+            *(studies.COSTS[o] for o in fixed["objectives"].split(",")[1:]),
+        ],
     )
     study.set_user_attr(studies.SPACE_ATTR, space.data)
     study.set_user_attr(
@@ -288,6 +301,9 @@ def _create(
             "space_dir": str(space.base_dir),
             "task": space.task,
             "model": space.model,
+            "kind": space.scoring.kind,
+            "metric": space.scoring.metric_name,
+            "direction": space.scoring.direction,
         },
     )
     study.set_user_attr(studies.UID_ATTR, uid)
@@ -339,18 +355,19 @@ def _check_ranges(settings: RunSettings) -> None:
 
 
 def _check_objectives(settings: RunSettings) -> None:
+    """What can be checked before the space is read: costs after the metric, each named once."""
     names = settings.objectives.split(",")
-    for name in names:
-        if name not in studies.OBJECTIVES:
-            raise SettingsError(
-                f"--objectives {settings.objectives}: unknown objective {name!r}; "
-                f"choose from {', '.join(studies.OBJECTIVES)}"
-            )
-    if names[0] != "accuracy" or len(set(names)) != len(names):
+    if names[0] in studies.COSTS or len(set(names)) != len(names):
         raise SettingsError(
-            f"--objectives {settings.objectives}: start with accuracy and name each once, "
-            "e.g. accuracy,train-seconds"
+            f"--objectives {settings.objectives}: start with the task's metric and name each "
+            "once, e.g. accuracy,train-seconds"
         )
+    for name in names[1:]:
+        if name not in studies.COSTS:
+            raise SettingsError(
+                f"--objectives {settings.objectives}: unknown objective {name!r}; after the "
+                f"task's metric choose from {', '.join(studies.COSTS)}"
+            )
     if len(names) > 1 and settings.pruner not in (None, "none"):
         raise SettingsError(
             f"--pruner {settings.pruner}: Optuna's pruners need one objective, and "
@@ -361,6 +378,39 @@ def _check_objectives(settings: RunSettings) -> None:
             f"--sampler cmaes: CMA-ES optimizes one objective; with --objectives "
             f"{settings.objectives} use tpe, nsga2, gp, random or qmc"
         )
+
+
+def _objectives(settings: RunSettings, space: Space) -> str:
+    """A new study's objectives: its task's metric, then any costs ``--objectives`` adds."""
+    metric = space.scoring.metric_name
+    if settings.objectives is None:
+        return metric
+    first = settings.objectives.split(",")[0]
+    if first != metric:
+        raise SettingsError(
+            f"--objectives {settings.objectives}: the space's metric is {metric}; start with it, "
+            f"e.g. {metric},train-seconds"
+        )
+    return settings.objectives
+
+
+def _no_such_study(
+    name: str, url: str, given: str | None, storage: optuna.storages.BaseStorage | None
+) -> str:
+    """A ``--study`` that names no study, with no ``--space`` to create it from: what is there."""
+    if given is not None or storage is not None:
+        found = [] if storage is None else studies.study_names(storage)
+        where = studies.describe(url)
+    else:  # the default storage of a name that has none: the studies beside it
+        found = [Path(u.removeprefix("sqlite:///")).stem for u in studies.local_urls()]
+        where = f"{studies.STUDIES_DIR}/"
+    close = difflib.get_close_matches(name, found, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    listing = ", ".join(found) if found else "none"
+    return (
+        f"--study {name}: no such study in {where} (it has: {listing}); {hint}"
+        "pass --space SPACE to create it"
+    )
 
 
 def _load_existing(
@@ -443,6 +493,27 @@ def check_unchanged(
         raise SettingsError(f"study {study.study_name}: {change}; {new}")
 
 
+def _check_augment(space: Space, task: Task, examples: Any) -> None:
+    """Crop and flip need images: refuse a space that would augment other inputs."""
+    if can_augment(examples):
+        return
+    sampled = next((p for p in space.params if p.name == "augment"), None)
+    if sampled is not None and True in spaces.extremes(sampled.distribution):
+        key = "params.augment"
+    elif space.recipe.get("augment") or (task.augment and "augment" not in space.recipe):
+        key = "task.recipe.augment"
+    else:
+        return
+    inputs = examples if isinstance(examples, tuple) else (examples,)
+    shown = ", ".join(
+        f"{shape_text(tuple(x.shape[1:]))} {str(x.dtype).removeprefix('torch.')}" for x in inputs
+    )
+    raise SpaceError(
+        f"{space.source}: {key}: augmentation crops and flips images (one input N×C×H×W of "
+        f"floats), and the data's inputs are {shown}"
+    )
+
+
 def _check_batch_sizes(space: Space, n_train: int) -> None:
     for param in space.params:
         if param.name == "batch_size":
@@ -453,7 +524,7 @@ def _check_batch_sizes(space: Space, n_train: int) -> None:
                     f"examples of task {space.task}"
                 )
             return
-    default = Hyperparameters().batch_size
+    default = space.hyperparameters({}).batch_size
     if default > n_train:
         raise SpaceError(
             f"{space.source}: the default batch size {default} exceeds the {n_train} training examples"

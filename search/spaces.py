@@ -3,12 +3,15 @@
 A space file has a ``[task]`` table and one ``[params.NAME]`` table per sampled param. The task is
 either a registered one (``name = "mnist"``) or the user's own data (``data = "data/flowers"``, a
 folder, a .npz/.pt file or a ``FILE.py:NAME`` loader); the model is a built-in family or the
-user's own factory (``model = "models.py:build"``), with fixed ``[task.model_args]``. Paths are
-relative to the space file's folder. A param with ``when = { optimizer = ["sgd"] }`` is sampled
-only when that earlier categorical param took one of the listed values. Params the training loop
-takes (`search.train.Hyperparameters`) keep its defaults when a space leaves them out; every other
-param goes to the model factory. Nothing here reads the data or imports the user's code: that is
-`search.tasks.resolve`, which also checks the factory's signature.
+user's own factory (``model = "models.py:build"``), with fixed ``[task.model_args]``; the task's
+``kind``, ``loss``, ``metric`` and ``direction`` are `search.scoring`'s. Paths are relative to the
+space file's folder. A param with ``when = { optimizer = ["sgd"] }`` is sampled only when that
+earlier categorical param took one of the listed values. Params the training loop takes (the
+recipe, `search.contract.Hyperparameters`) are sampled, fixed for the study in ``[task.recipe]``,
+or keep the loop's defaults; every other param goes to the model factory, and a name that looks
+like the loop's (``learning_rate``) is refused with the loop's name. Nothing here reads the data or
+imports the user's code: that is `search.tasks.resolve`, which also checks the factory's
+signature.
 
 Every problem is reported as ``<file>: <key>: <what is wrong>, got <value>``.
 """
@@ -24,10 +27,19 @@ from typing import Any
 
 import optuna
 
-from search import references, tasks
+from search import references, scoring, tasks
+from search.contract import (
+    LOOP_PARAMS,
+    LR_SCHEDULES,
+    NEAR_MISSES,
+    OPTIMIZERS,
+    Hyperparameters,
+    closest_loop_param,
+    split_params,
+)
 from search.errors import SearchError, SpaceError
+from search.scoring import Scoring
 from search.tasks import factory, models
-from search.train import LOOP_PARAMS, OPTIMIZERS
 
 # Where shipped spaces live; `--space mnist` finds spaces/mnist.toml here or in ./spaces.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "spaces"
@@ -50,9 +62,17 @@ HYPERPARAMETERS: dict[str, Domain] = {
     "batch_size": Domain(int, lambda v: v >= 1, "a positive integer"),
     "optimizer": Domain(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "momentum": Domain(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "nesterov": Domain(bool, lambda v: True, "true or false"),
     "weight_decay": Domain(float, lambda v: v >= 0, "a non-negative number"),
+    "lr_schedule": Domain(str, lambda v: v in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+    "warmup": Domain(float, lambda v: 0 <= v < 1, "a share of the epochs in [0, 1)"),
+    "step_gamma": Domain(float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "label_smoothing": Domain(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "grad_clip": Domain(float, lambda v: v >= 0, "a non-negative gradient norm (0: off)"),
+    "augment": Domain(bool, lambda v: True, "true or false"),
     "depth": Domain(int, lambda v: v >= 1, "a positive integer"),
 }
+assert set(HYPERPARAMETERS) == {*LOOP_PARAMS, "depth"}, "every loop param needs a domain"
 # Any other param goes to a model factory of the user's, which decides what its values mean.
 FACTORY_PARAM = Domain(object, lambda v: True, "any value")
 
@@ -66,6 +86,12 @@ _TASK_KEYS = {
     "test_fraction": float,
     "image_size": list,
     "model_args": dict,
+    "kind": str,
+    "loss": str,
+    "metric": str,
+    "direction": str,
+    "normalize": bool,
+    "recipe": dict,
 }
 _REQUIRED_TASK_KEYS = ("model", "epochs")
 DEFAULT_TEST_FRACTION = 0.1  # of the user's training data, held out when it has no test split
@@ -108,6 +134,9 @@ class Space:
         model_args: fixed keyword arguments for the model factory.
         image_size: (height, width) that folder images are resized to, if given.
         test_fraction: share of the user's training data held out when it has no test split.
+        recipe: loop params fixed for the whole study (``[task.recipe]``).
+        scoring: the task's kind, loss, metric and direction.
+        normalize: ``task.normalize`` (None: by dtype, see `search.tasks.scaling`).
     """
 
     name: str
@@ -123,6 +152,9 @@ class Space:
     model_args: dict[str, Any] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
+    recipe: dict[str, Any] = field(default_factory=dict)
+    scoring: Scoring = field(default_factory=Scoring)
+    normalize: bool | None = None
 
     @property
     def has_conditions(self) -> bool:
@@ -168,7 +200,15 @@ class Space:
             table["data"] = _absolute(table["data"], self.base_dir)
         if not factory.is_builtin(table["model"]):
             table["model"] = _absolute(table["model"], self.base_dir)
+        for key, builtin in (("loss", scoring.LOSSES), ("metric", scoring.METRICS)):
+            if key in table and table[key] not in builtin:
+                table[key] = _absolute(table[key], self.base_dir)
         return table
+
+    def hyperparameters(self, params: dict[str, Any]) -> Hyperparameters:
+        """The loop's recipe for a trial's params: sampled, else fixed in ``[task.recipe]``,
+        else the loop's defaults."""
+        return split_params({**self.recipe, **params})[0]
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample every param whose condition holds, in file order."""
@@ -272,6 +312,11 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
                 raise fail(
                     f"task.{key}", "only for your own data (task.data), not a registered task"
                 )
+        if task_table.get("kind", "classification") != "classification":
+            raise fail(
+                "task.kind",
+                f"task {task.name} is a classification task, got {task_table['kind']!r}",
+            )
     else:
         if not data_ref.strip():
             raise fail("task.data", "must name a folder, a .npz/.pt file or a FILE.py:NAME loader")
@@ -294,11 +339,26 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
     image_size = _image_size(task_table, fail)
     model_args = task_table.get("model_args", {})
     for arg in model_args:
+        if arg in LOOP_PARAMS or arg in NEAR_MISSES:
+            raise fail(
+                f"task.model_args.{arg}",
+                f"the training loop's, not the model's: fix it in [task.recipe] "
+                f"({closest_loop_param(arg) or arg})",
+            )
         if not arg.isidentifier() or arg in factory.DATA_ARGS:
             raise fail(
                 f"task.model_args.{arg}",
                 _NOT_A_KEYWORD,
             )
+    task_scoring = scoring.from_space(
+        task_table.get("kind"),
+        task_table.get("loss"),
+        task_table.get("metric"),
+        task_table.get("direction"),
+        base_dir,
+        fail,
+    )
+    recipe = _recipe(task_table.get("recipe", {}), task_scoring, fail)
 
     params_table = _table(data, "params", fail)
     if not params_table:
@@ -307,6 +367,10 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
     for pname, spec in params_table.items():
         key = f"params.{pname}"
         domain = _domain(pname, model, model_args, lambda p, k=key: fail(k, p))
+        if pname in recipe:
+            raise fail(key, "is also fixed in [task.recipe]; sample it or fix it, not both")
+        if pname == "label_smoothing" and task_scoring.kind != "classification":
+            raise fail(key, "label smoothing is for classification, and this is a regression")
         if not isinstance(spec, dict):
             raise fail(key, f"must be a table, got {spec!r}")
         distribution = _distribution(spec, domain, lambda p, k=key: fail(k, p))
@@ -333,7 +397,30 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
         model_args=dict(model_args),
         image_size=image_size,
         test_fraction=test_fraction,
+        recipe=recipe,
+        scoring=task_scoring,
+        normalize=task_table.get("normalize"),
     )
+
+
+def _recipe(
+    table: dict[str, Any], task_scoring: Scoring, fail: Callable[[str, str], SpaceError]
+) -> dict[str, Any]:
+    """``[task.recipe]``: loop params fixed for the study, each checked as a sampled one is."""
+    for name, value in table.items():
+        key = f"task.recipe.{name}"
+        if name not in LOOP_PARAMS:
+            meant = closest_loop_param(name)
+            hint = f"did you mean {meant}? " if meant and meant in LOOP_PARAMS else ""
+            raise fail(
+                key, f"not a param of the training loop; {hint}it takes {', '.join(LOOP_PARAMS)}"
+            )
+        domain = HYPERPARAMETERS[name]
+        if not _is(value, domain.kind) or not domain.ok(value):
+            raise fail(key, f"must be {domain.says}, got {value!r}")
+        if name == "label_smoothing" and task_scoring.kind != "classification":
+            raise fail(key, "label smoothing is for classification, and this is a regression")
+    return dict(table)
 
 
 def _domain(
@@ -342,10 +429,19 @@ def _domain(
     """What values param ``name`` may take: the loop's own domains, or anything a factory takes."""
     if name in HYPERPARAMETERS:
         return HYPERPARAMETERS[name]
-    if factory.is_builtin(model):
+    meant = closest_loop_param(name)
+    if name == "epochs":
         raise fail(
-            f"unknown hyperparameter; the training loop takes {', '.join(LOOP_PARAMS)} and model "
-            f'{model} takes depth (a factory of your own, task.model = "models.py:build", '
+            "epochs is the study's, not a param: set task.epochs (or search run --epochs); "
+            "pruning decides how many each trial runs"
+        )
+    if name in NEAR_MISSES:
+        raise fail(f"not a param of the training loop; did you mean {meant}?")
+    if factory.is_builtin(model):
+        hint = f"did you mean {meant}? " if meant else ""
+        raise fail(
+            f"unknown hyperparameter; {hint}the training loop takes {', '.join(LOOP_PARAMS)} and "
+            f'model {model} takes depth (a factory of your own, task.model = "models.py:build", '
             "takes any param)"
         )
     if not name.isidentifier() or name in factory.DATA_ARGS:
@@ -385,6 +481,7 @@ _KIND_WORD = {
     dict: "a table",
 }
 _KIND_PLURAL = {
+    bool: "true or false",
     str: "strings",
     int: "integers",
     float: "numbers",
@@ -457,7 +554,7 @@ def _categorical(
 def _range(
     kind: str, spec: dict[str, Any], domain: Domain, fail: Callable[[str], SpaceError]
 ) -> optuna.distributions.BaseDistribution:
-    if domain.kind is str:
+    if domain.kind in (str, bool):
         raise fail(f"must be categorical (its values are {domain.says}), got type {kind!r}")
     if kind == "float" and domain.kind is int:
         raise fail("must be int or categorical (its values are integers), got type 'float'")

@@ -15,6 +15,7 @@ import platform
 import re
 import subprocess
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -31,14 +32,14 @@ from search.core_storage import CoreStorage
 from search.errors import SettingsError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     import torch
 
 STUDIES_DIR = Path("studies")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
-# What a study can optimize: validation accuracy first, then optionally what it costs.
-OBJECTIVES = {"accuracy": "maximize", "train-seconds": "minimize", "params": "minimize"}
+# What a study can optimize beside its task's metric (which comes first): what a trial costs.
+COSTS = {"train-seconds": "minimize", "params": "minimize"}
 PRUNERS = ("median", "hyperband", "sha", "patient", "none")
 # A FAIL with one of these reasons says something about its configuration, so it counts as a
 # finished trial; any other FAIL (a crash, an interrupt) is work still to do.
@@ -377,15 +378,58 @@ def is_finished(trial: FrozenTrial) -> bool:
     )
 
 
-def epoch_accuracies(trial: FrozenTrial) -> dict[float, float]:
-    """Validation accuracy at each report, keyed by epochs trained (1, 2 ... or, with k reports
-    per epoch, 1/k, 2/k ...): the values the trial reported, or (in multi-objective studies, where
-    Optuna takes no reports) the same values from its user attrs."""
+@dataclass(frozen=True)
+class Metric:
+    """The validation metric a study is scored by, and which way is better."""
+
+    name: str = "accuracy"
+    direction: str = "maximize"
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    @property
+    def label(self) -> str:
+        """As a trial's line shows it: ``val_acc``, ``val_rmse`` ..."""
+        return "val_acc" if self.name == "accuracy" else f"val_{self.name}"
+
+    @property
+    def title(self) -> str:
+        """As a chart's axis names it: ``validation accuracy``, ``validation rmse (lower is
+        better)``."""
+        return f"validation {self.name}" + ("" if self.maximize else " (lower is better)")
+
+    def best(self, values: Iterable[float]) -> float | None:
+        chosen = max if self.maximize else min
+        return chosen(values, default=None)
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.maximize else a < b
+
+    def key(self, value: float) -> float:
+        """A sort key under which larger is better, whichever way the metric goes."""
+        return value if self.maximize else -value
+
+
+def metric_of(study: optuna.Study) -> Metric:
+    """The metric ``study`` is scored by (studies made before metrics were named: accuracy,
+    maximized)."""
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
+    return Metric(settings.get("metric", "accuracy"), study.directions[0].name.lower())
+
+
+def epoch_values(trial: FrozenTrial) -> dict[float, float]:
+    """The validation metric at each report, keyed by epochs trained (1, 2 ... or, with k
+    reports per epoch, 1/k, 2/k ...): the values the trial reported, or (in multi-objective
+    studies, where Optuna takes no reports) the same values from its user attrs."""
     per_epoch = reports_per_epoch(trial)
     if trial.intermediate_values:
         steps = trial.intermediate_values
     else:
-        steps = dict(enumerate(trial_attrs(trial).get("val_accuracy") or [], 1))
+        attrs = trial_attrs(trial)
+        recorded = attrs.get("val_values", attrs.get("val_accuracy"))
+        steps = dict(enumerate(recorded or [], 1))
     return {step_in_epochs(step, per_epoch): value for step, value in steps.items()}
 
 
@@ -405,13 +449,13 @@ def step_in_epochs(step: int, reports_per_epoch: int) -> float:
     return int(value) if value.is_integer() else value
 
 
-def trial_result(trial: FrozenTrial) -> float | None:
-    """A trial's best validation accuracy, pruned trials included (None if it reported none)."""
-    return max(epoch_accuracies(trial).values(), default=None)
+def trial_result(trial: FrozenTrial, metric: Metric) -> float | None:
+    """A trial's best validation metric, pruned trials included (None if it reported none)."""
+    return metric.best(epoch_values(trial).values())
 
 
-def accuracy(trial: FrozenTrial) -> float:
-    """A complete trial's validation accuracy, its first (or only) objective."""
+def value(trial: FrozenTrial) -> float:
+    """A complete trial's validation metric, its first (or only) objective."""
     return trial.values[0]
 
 
@@ -419,11 +463,12 @@ def is_multi_objective(study: optuna.Study) -> bool:
     return len(study.directions) > 1
 
 
-def most_accurate(study: optuna.Study) -> FrozenTrial | None:
-    """The best trial; for several objectives, the most accurate on the Pareto front (the
-    earliest among equals). None before any trial completes."""
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best trial; for several objectives, the one with the best metric on the Pareto front
+    (the earliest among equals). None before any trial completes."""
     front = study.best_trials
-    return max(front, key=lambda t: (t.values[0], -t.number)) if front else None
+    metric = metric_of(study)
+    return max(front, key=lambda t: (metric.key(t.values[0]), -t.number)) if front else None
 
 
 def count_finished(study: optuna.Study) -> int:

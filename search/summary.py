@@ -37,11 +37,12 @@ def state_counts(study: optuna.Study) -> str:
 
 
 def best_value(study: optuna.Study) -> str:
-    """``0.9972 (trial 51)``; for several objectives, the most accurate trial on the front."""
-    best = studies.most_accurate(study)
+    """``val_acc 0.9972 (trial 51)``; for several objectives, the trial with the best metric on
+    the front."""
+    best = studies.best_trial(study)
     if best is None:
         return "-"
-    text = f"{best.values[0]:.4f} (trial {best.number})"
+    text = f"{studies.metric_of(study).label} {best.values[0]:.4f} (trial {best.number})"
     if studies.is_multi_objective(study):
         text += f", Pareto front of {len(study.best_trials)}"
     return text
@@ -67,9 +68,14 @@ def show(study: optuna.Study, url: str) -> str:
     lines = [f"study   {study.study_name}  ({studies.describe(url)})"]
     if settings:
         space = settings["space_source"]
+        metric = studies.metric_of(study)
         lines.append(
             f"space   {space}  task {settings['task']}  model {settings['model']}"
             f"  epochs {settings['epochs']}"
+        )
+        lines.append(
+            f"scoring {settings.get('kind', 'classification')}, val {metric.name} "
+            f"({metric.direction}d)"
         )
         reports = settings.get("reports_per_epoch", 1)
         lines.append(
@@ -80,7 +86,7 @@ def show(study: optuna.Study, url: str) -> str:
     if environment:
         lines.append(f"device  {environment.get('device')} ({environment.get('device_name')})")
     lines.append(f"trials  {state_counts(study)}")
-    best = studies.most_accurate(study)
+    best = studies.best_trial(study)
     if best is None:
         lines.append("best    no completed trial yet")
         return "\n".join(lines)
@@ -88,15 +94,16 @@ def show(study: optuna.Study, url: str) -> str:
     attrs = studies.trial_attrs(best)
     seconds = attrs.get("seconds", 0.0)
     throughput = attrs.get("images_per_second") or [0]
-    lines.append(f"best    trial {best.number}  val_acc {best.values[0]:.4f}")
+    label = studies.metric_of(study).label
+    lines.append(f"best    trial {best.number}  {label} {best.values[0]:.4f}")
     if len(front) > 1 and studies.is_multi_objective(study):
         lines.append(
-            f"        (most accurate of a Pareto front of {len(front)}: search best lists it)"
+            f"        (the best {label} of a Pareto front of {len(front)}: search best lists it)"
         )
     elif len(front) > 1:
         # One objective: Optuna's "best trials" are those that share the best value.
         lines.append(
-            f"        ({len(front)} trials tie for the best val_acc; this is the earliest, "
+            f"        ({len(front)} trials tie for the best {label}; this is the earliest, "
             f"search best --top {len(front)} lists them all)"
         )
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
@@ -108,17 +115,19 @@ def show(study: optuna.Study, url: str) -> str:
 
 
 def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """The ``top`` complete trials by accuracy; for several objectives, the Pareto front."""
+    """The ``top`` complete trials by the metric; for several objectives, the Pareto front."""
+    metric = studies.metric_of(study)
     if studies.is_multi_objective(study):
-        return sorted(study.best_trials, key=lambda t: (-t.values[0], t.number))
+        return sorted(study.best_trials, key=lambda t: (-metric.key(t.values[0]), t.number))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    return sorted(trials, key=lambda t: (-t.value, t.number))[:top]
+    return sorted(trials, key=lambda t: (-metric.key(t.value), t.number))[:top]
 
 
 def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json: bool) -> str:
     """`search best`: each trial's results, params, seed and the command that reproduces it."""
     settings = study.user_attrs.get(studies.SETTINGS_ATTR, {})
     objectives = settings.get("objectives", "accuracy").split(",")
+    metric = studies.metric_of(study)
     rows = []
     for trial in best_trials(study, top):
         command = ["search", "export", study.study_name, "--trial", str(trial.number)]
@@ -129,7 +138,8 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
         rows.append(
             {
                 "trial": trial.number,
-                "accuracy": studies.accuracy(trial),
+                "metric": metric.name,
+                metric.name: studies.value(trial),
                 "objectives": dict(zip(objectives, trial.values, strict=True)),
                 "epochs_run": attrs.get("epochs_run"),
                 "seconds": attrs.get("seconds"),
@@ -144,10 +154,14 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
         return f"study {study.study_name} has no complete trial yet"
     heading = (
         f"Pareto front of {study.study_name} ({len(rows)} trials; "
-        + ", ".join(f"{o} {_direction(o)}" for o in objectives)
+        + ", ".join(
+            f"{o} {'↑' if (metric.maximize if i == 0 else False) else '↓'}"
+            for i, o in enumerate(objectives)
+        )
         + ")"
         if len(objectives) > 1
-        else f"best {len(rows)} of {study.study_name} by val accuracy"
+        else f"best {len(rows)} of {study.study_name} by val {metric.name} "
+        f"({'highest' if metric.maximize else 'lowest'} first)"
     )
     lines = [heading]
     for row in rows:
@@ -159,10 +173,6 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
         lines.append(f"      {format_params(row['params'])}")
         lines.append(f"      reproduce: {row['reproduce']}")
     return "\n".join(lines)
-
-
-def _direction(objective: str) -> str:
-    return "↑" if objective == "accuracy" else "↓"
 
 
 def _fmt(value: Any) -> str:

@@ -1,8 +1,11 @@
-"""The training loop. It knows nothing of Optuna: plain hyperparameters in, a history out.
+"""The training loop. It knows nothing of Optuna: a recipe in, a history out.
 
 On CUDA the step runs under bf16 autocast with channels_last tensors; on the CPU it is plain
-float32. The step loop never waits for the device: the loss is summed on the device and read once
-per report (each epoch, or k times per epoch), which is also where a NaN/inf loss is caught.
+float32. The step loop never waits for the device: the loss and the validation metric are summed on
+the device and read once per report (each epoch, or k times per epoch), which is also where a
+NaN/inf loss is caught. The optimizer and the learning-rate schedule are `torch.optim`'s and
+`torch.optim.lr_scheduler`'s, stepped once per batch over the study's epochs, and both are part of
+the checkpoint, so a retried trial continues its schedule exactly.
 """
 
 from __future__ import annotations
@@ -10,19 +13,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
 
 from search import faults
+from search.contract import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    Checkpoint,
+    EpochResult,
+    Hyperparameters,
+    Inputs,
+    TrainingData,
+    first_input,
+    layout_for,
+    model_output,
+    rows_of,
+)
 from search.errors import Diverged, SettingsError
-from search.tasks.data import layout_for
+from search.scoring import CLASSIFICATION, Scoring
 
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+WARMUP_START = 0.01  # warm-up starts at this share of the rate (torchvision's reference scripts')
+STEP_MILESTONES = (0.5, 0.75)  # where the step schedule multiplies the rate by step_gamma
 
 
 def eval_batch_size(device: torch.device) -> int:
@@ -32,90 +47,6 @@ def eval_batch_size(device: torch.device) -> int:
     under 2 ms either way, 0.8x), and at 4 reports per epoch evaluating makes an unpruned
     digits trial 1.3-1.6x as long as at one."""
     return 256 if device.type == "cpu" else 2048
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """What the loop needs; a space samples some of these, the rest keep these defaults.
-
-    Attributes:
-        lr: learning rate.
-        batch_size: examples per step (the last partial batch of an epoch is dropped).
-        optimizer: one of ``sgd``, ``adam``, ``rmsprop``.
-        momentum: for ``sgd`` and ``rmsprop``; ignored by ``adam``.
-        weight_decay: L2 penalty, as the optimizers apply it.
-    """
-
-    lr: float = 1e-3
-    batch_size: int = 128
-    optimizer: str = "adam"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-
-LOOP_PARAMS = tuple(f.name for f in dataclasses.fields(Hyperparameters))
-
-
-def split_params(params: dict[str, Any]) -> tuple[Hyperparameters, dict[str, Any]]:
-    """A trial's sampled params split in two: what the training loop takes, and everything else
-    (depth included), which goes to the model factory by keyword."""
-    loop = {k: v for k, v in params.items() if k in LOOP_PARAMS}
-    return Hyperparameters(**loop), {k: v for k, v in params.items() if k not in LOOP_PARAMS}
-
-
-class TrainingData(Protocol):
-    """What `fit` trains on: device-resident data (`search.tasks.data.DeviceData`) or data
-    streamed from the host (`search.tasks.streaming.StreamingData`), batches on ``device``."""
-
-    @property
-    def device(self) -> torch.device: ...
-
-    @property
-    def n_train(self) -> int: ...
-
-    def batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    # What retraining, export and the benchmarks use besides `fit`:
-    mode: str  # "resident" or "stream", recorded on each trial
-    mean: torch.Tensor  # per-channel training statistics, shaped to broadcast over a batch
-    std: torch.Tensor
-
-    def split_batches(
-        self, split: Any, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    def examples(self, n: int) -> torch.Tensor: ...
-
-    def with_validation_in_training(self) -> TrainingData: ...
-
-
-class Checkpoint(Protocol):
-    """Where `fit` keeps its state between epochs (see `search.checkpoint.FileCheckpoint`)."""
-
-    def load(self) -> dict[str, Any] | None: ...
-
-    def save(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    """One report: validation accuracy after an epoch, or after a fraction of one when `fit`
-    reports k times per epoch (then ``epoch`` is 1/k, 2/k, ... and ``step`` counts reports)."""
-
-    epoch: float  # 1-based, in epochs: a whole number when reports come once per epoch
-    train_loss: float  # mean over the steps since the previous report
-    val_accuracy: float
-    seconds: float  # wall time since the previous report, training and evaluation
-    images_per_second: float  # training throughput
-    step: int = 0  # 1-based report count, what the pruner sees (0: a row saved without one)
-
-    def __post_init__(self) -> None:
-        if self.step == 0:  # a checkpoint row from before reports could come more often
-            object.__setattr__(self, "step", round(self.epoch))
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -143,15 +74,55 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
         return torch.optim.SGD(
-            parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            parameters,
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            nesterov=hp.nesterov and hp.momentum > 0,  # torch refuses Nesterov without momentum
         )
     if hp.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "rmsprop":
         return torch.optim.RMSprop(
             parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
         )
     raise ValueError(f"unknown optimizer {hp.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def make_schedule(
+    hp: Hyperparameters, optimizer: torch.optim.Optimizer, total_steps: int
+) -> lr_scheduler.LRScheduler:
+    """The learning-rate schedule over ``total_steps`` optimizer steps (the study's epochs),
+    stepped after each one: a linear warm-up over ``hp.warmup`` of them, then the schedule."""
+    total_steps = max(1, total_steps)
+    if hp.lr_schedule == "onecycle":
+        # One cycle has a warm-up of its own: the rise to lr over pct_start of the steps.
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=hp.lr,
+            total_steps=total_steps,
+            pct_start=hp.warmup or 0.3,
+            cycle_momentum=False,  # the optimizer's momentum stays the sampled one
+        )
+    warm = min(total_steps - 1, round(hp.warmup * total_steps))
+    rest = total_steps - warm
+    if hp.lr_schedule == "constant":
+        main: lr_scheduler.LRScheduler = lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
+    elif hp.lr_schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest)
+    elif hp.lr_schedule == "step":
+        milestones = [max(1, round(share * total_steps) - warm) for share in STEP_MILESTONES]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones, gamma=hp.step_gamma)
+    else:
+        raise ValueError(
+            f"unknown lr_schedule {hp.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}"
+        )
+    if warm == 0:
+        return main
+    warmup = lr_scheduler.LinearLR(optimizer, WARMUP_START, 1.0, total_iters=warm)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
 def fit(
@@ -161,14 +132,18 @@ def fit(
     *,
     epochs: int,
     seed: int,
+    scoring: Scoring = CLASSIFICATION,
     on_epoch: Callable[[EpochResult], None] | None = None,
     checkpoint: Checkpoint | None = None,
     history: list[EpochResult] | None = None,
     reports_per_epoch: int = 1,
+    schedule_epochs: int | None = None,
 ) -> list[EpochResult]:
-    """Train ``model`` on ``data`` for ``epochs`` epochs; evaluate and call ``on_epoch``
-    ``reports_per_epoch`` times per epoch (after equal shares of its steps).
+    """Train ``model`` on ``data`` for ``epochs`` epochs; evaluate the validation metric and
+    call ``on_epoch`` ``reports_per_epoch`` times per epoch (after equal shares of its steps).
 
+    The learning-rate schedule spans ``schedule_epochs`` (the study's epochs; default
+    ``epochs``), so that training fewer epochs follows the first part of the same schedule.
     ``on_epoch`` may raise to stop training (the objective raises ``optuna.TrialPruned``).
     With a ``checkpoint``, training continues from the state it holds (passing each restored
     report to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``.
@@ -193,6 +168,10 @@ def fit(
         report_after.setdefault(at, []).append(report)
     model.to(device=device, memory_format=layout_for(device))
     optimizer = make_optimizer(hp, model.parameters())
+    schedule = make_schedule(hp, optimizer, steps * max(epochs, schedule_epochs or epochs))
+    loss_of = scoring.criterion(hp)
+    augment = data.augment if hp.augment is None else hp.augment
+    parameters = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator(device=device).manual_seed(seed)
     eval_batch = eval_batch_size(device)
     history = [] if history is None else history
@@ -200,9 +179,11 @@ def fit(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "schedule" in state:  # checkpoints from before schedules ran at a constant rate
+            schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"].to(generator.device))
         torch.set_rng_state(state["torch_rng"])
-        restored = [EpochResult(**row) for row in state["history"]]
+        restored = [EpochResult.from_row(row) for row in state["history"]]
         history.extend(restored)
         for result in restored:  # the caller records them again (a retry is a new trial)
             if on_epoch is not None:
@@ -214,12 +195,15 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=device)
         done = 0  # steps since the last report
-        for step, (x, y) in enumerate(data.batches(hp.batch_size, generator), 1):
+        for step, (x, y) in enumerate(data.batches(hp.batch_size, generator, augment), 1):
             with _autocast(device):
-                loss = F.cross_entropy(model(x), y)
+                loss = loss_of(model_output(model, x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if hp.grad_clip > 0:
+                nn.utils.clip_grad_norm_(parameters, hp.grad_clip)
             optimizer.step()
+            schedule.step()
             loss_sum += loss.detach().float()
             done += 1
             if step not in report_after:
@@ -230,14 +214,16 @@ def fit(
                 raise Diverged(
                     _in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
                 )
-            val_accuracy = evaluate_batches(model, data.val_batches(eval_batch))
+            value = evaluate_batches(
+                model, data.val_batches(eval_batch), scoring, targets=data.targets
+            )
             model.train()
             seconds = time.perf_counter() - start
             for report in report_after[step]:
                 result = EpochResult(
                     epoch=_in_epochs(epoch, report, reports_per_epoch),
                     train_loss=train_loss,
-                    val_accuracy=val_accuracy,
+                    value=value,
                     seconds=seconds,
                     images_per_second=done * hp.batch_size / train_seconds,
                     step=(epoch - 1) * reports_per_epoch + report,
@@ -249,6 +235,7 @@ def fit(
                         {
                             "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
                             "generator": generator.get_state(),
                             "torch_rng": torch.get_rng_state(),
                             "history": [dataclasses.asdict(r) for r in history],
@@ -269,30 +256,45 @@ def _in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
+    model: nn.Module,
+    x: Inputs,
+    y: torch.Tensor,
+    batch_size: int | None = None,
+    scoring: Scoring = CLASSIFICATION,
 ) -> float:
-    """Accuracy of ``model`` on ``x``/``y`` (already on its device), one sync."""
-    batch_size = batch_size or eval_batch_size(x.device)
+    """The metric of ``model`` on ``x``/``y`` (already on its device), one sync."""
+    batch_size = batch_size or eval_batch_size(first_input(x).device)
     return evaluate_batches(
         model,
-        ((x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(y), batch_size)),
+        (
+            (rows_of(x, slice(s, s + batch_size)), y[s : s + batch_size])
+            for s in range(0, len(y), batch_size)
+        ),
+        scoring,
     )
 
 
 @torch.inference_mode()
 def evaluate_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    model: nn.Module,
+    batches: Iterable[tuple[Inputs, torch.Tensor]],
+    scoring: Scoring = CLASSIFICATION,
+    targets: object | None = None,
 ) -> float:
-    """Accuracy of ``model`` over ``batches`` of inputs and labels on its device, one sync."""
+    """The validation metric of ``model`` over ``batches`` of inputs and targets on its device,
+    one sync. ``targets`` (a `search.tasks.scaling.TargetScale`) maps standardized outputs back
+    to the targets' own units first."""
     model.eval()
-    correct, total = None, 0
+    metric = None
     for x, y in batches:
-        with _autocast(x.device):
-            logits = model(x)
-        hits = (logits.argmax(dim=1) == y).sum()
-        correct = hits if correct is None else correct + hits
-        total += len(y)
-    return correct.item() / total if total else 0.0
+        if metric is None:
+            metric = scoring.new_metric(y.device)
+        with _autocast(y.device):
+            output = model_output(model, x)
+        if targets is not None:
+            output = targets.restore(output.float())
+        metric.update(output, y)
+    return metric.compute() if metric is not None else 0.0
 
 
 def _autocast(device: torch.device) -> torch.autocast:

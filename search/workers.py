@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from search import study as studies
 from search import target
+from search.contract import TrainingData
 from search.errors import SearchError, SettingsError
 from search.objective import Objective
 from search.progress import TrialLog
 from search.spaces import Space
 from search.tasks import Task, placement
 from search.trackers import Targets, open_trackers
-from search.train import TrainingData, pick_device
+from search.train import pick_device
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,13 @@ def work(
     reports_per_epoch = fixed["reports_per_epoch"]
     study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"], reports_per_epoch)
     with (
-        open_trackers(plan.trackers, plan.study, echo=_warn) as tracker,
+        open_trackers(plan.trackers, plan.study, _metric(plan), echo=_warn) as tracker,
         TrialLog(
             total=plan.target,
             done=studies.count_finished(study),
             show_bar=show_bar and plan.show_trials,
             show_lines=plan.show_trials,
+            metric=_metric(plan),
         ) as log,
     ):
         objective = Objective(
@@ -170,6 +172,10 @@ def work(
             callbacks=[log, tracker] if tracker.trackers else [log],
             name=name,
         )
+
+
+def _metric(plan: Plan) -> studies.Metric:
+    return studies.Metric(plan.task.scoring.metric_name, plan.task.scoring.direction)
 
 
 def _warn(line: str) -> None:

@@ -83,10 +83,10 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
             assert len(trial.intermediate_values) <= 3 * reports
             attrs = studies.trial_attrs(trial)
             assert attrs["sampling_seconds"] > 0 and attrs["pruning_seconds"] >= 0
-        test = study.user_attrs[hpo.TEST_ACCURACY_ATTR]
-        assert 0.0 <= test["accuracy"] <= 1.0
+        test = hpo.test_record(study)
+        assert test["metric"] == "accuracy" and 0.0 <= test["value"] <= 1.0
         # Retrained with the trial's own seed on the same device: the same model again.
-        assert test["val_accuracy"] == pytest.approx(test["trial_val_accuracy"], abs=0.02)
+        assert test["val_value"] == pytest.approx(test["trial_val_value"], abs=0.02)
 
     # Seed k of every strategy shares the validation split and trial seeds, and evaluating
     # draws no random numbers: random search reporting 4 times per epoch trains the same models,
@@ -97,9 +97,9 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
     )
     for a, b in zip(once, often):
         assert a.params == b.params
-        quarters = studies.epoch_accuracies(b)
+        quarters = studies.epoch_values(b)
         assert list(quarters)[:4] == [0.25, 0.5, 0.75, 1.0]
-        assert studies.epoch_accuracies(a) == {e: quarters[e] for e in (1, 2, 3)}
+        assert studies.epoch_values(a) == {e: quarters[e] for e in (1, 2, 3)}
 
     again = cli(*BENCH, cwd=bench_dir)
     assert again.returncode == 0, again.stderr

@@ -21,8 +21,10 @@ def test_bench_loop_measures_both_loops_and_packed_workers(cli, tmp_path: Path) 
     assert [(r["loop"], r["batch_size"]) for r in rows] == [
         (loop, batch)
         for batch in (32, 128)
-        for loop in ("reference", "harness", "streaming", "harness ×2")
+        for loop in ("reference", "harness", "streaming", "recipe", "harness ×2")
     ]
+    # What the recipe (a cosine schedule with warm-up and clipping) costs a step, side by side.
+    assert "the recipe (lr_schedule cosine, warmup 0.1, grad_clip 1.0) takes" in result.stdout
     for row in rows:
         assert row["images_per_second"] > 0
         reference = next(
@@ -93,6 +95,6 @@ def test_reference_loop_learns_as_the_harness_does() -> None:
     for name, train in (("harness", fit), ("reference", reference_fit)):
         torch.manual_seed(0)
         model = models.build("cnn", 2, task.input_shape, task.num_classes)
-        accuracy[name] = train(model, data, hp, epochs=4, seed=0)[-1].val_accuracy
+        accuracy[name] = train(model, data, hp, epochs=4, seed=0)[-1].value
     assert accuracy["harness"] > 0.9 and accuracy["reference"] > 0.9, accuracy
     assert abs(accuracy["harness"] - accuracy["reference"]) < 0.05, accuracy

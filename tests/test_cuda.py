@@ -48,7 +48,7 @@ def test_fit_learns_digits_in_bf16_with_float32_weights() -> None:
     data = _digits_on_gpu()
     model = _cnn()
     history = fit(model, data, Hyperparameters(lr=3e-3, batch_size=64), epochs=4, seed=1)
-    assert history[-1].val_accuracy > 0.9
+    assert history[-1].value > 0.9
     assert history[-1].train_loss < history[0].train_loss
     # Autocast computes in bf16; the weights (and so the optimizer's updates) stay float32.
     weights = list(model.parameters())
@@ -63,7 +63,7 @@ def test_the_same_seed_replays_a_trial_on_the_gpu() -> None:
     data = _digits_on_gpu()
     hp = Hyperparameters(lr=1e-2, batch_size=128, optimizer="sgd", momentum=0.5)
     runs = [fit(_cnn(), data, hp, epochs=2, seed=7, reports_per_epoch=2) for _ in range(2)]
-    first, again = ([(r.train_loss, r.val_accuracy) for r in run] for run in runs)
+    first, again = ([(r.train_loss, r.value) for r in run] for run in runs)
     assert first == again
 
 
@@ -87,7 +87,7 @@ def test_streamed_batches_reach_the_gpu_as_the_resident_ones() -> None:
     for data in (resident, streamed):
         torch.manual_seed(0)
         model = models.build("cnn", 1, (3, 8, 8), 10)
-        accuracies.append([r.val_accuracy for r in fit(model, data, hp, epochs=2, seed=5)])
+        accuracies.append([r.value for r in fit(model, data, hp, epochs=2, seed=5)])
     assert accuracies[0] == accuracies[1]
 
 
@@ -116,7 +116,7 @@ def test_a_study_on_the_gpu_records_its_memory_and_exports_a_model_for_the_cpu(
     assert metrics["val_accuracy"] == pytest.approx(study.best_value, abs=0.01)
     # Trained on the GPU, saved for the CPU: the scripted model runs on CPU tensors as loaded.
     test_split = tasks.get("digits").load(None, False, False)
-    batch, labels = test_split.images[:256].float(), test_split.labels[:256]
+    batch, labels = test_split.inputs[:256].float(), test_split.targets[:256]
     scripted = torch.jit.load(str(tmp_path / "model" / "model.torchscript.pt"))
     with torch.inference_mode():
         accuracy = (scripted(batch).argmax(1) == labels).float().mean().item()

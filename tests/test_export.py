@@ -73,7 +73,7 @@ def test_export_reproduces_the_best_trial_and_every_file_predicts_like_the_model
     assert torch.__version__.startswith(metrics["environment"]["versions"]["torch"])
 
     # Raw test images the export did not check itself on, at the dataset's own scale.
-    batch = tasks.get("digits").load(None, False, False).images[64:128].float()
+    batch = tasks.get("digits").load(None, False, False).inputs[64:128].float()
     with torch.inference_mode():
         expected = exported.model(batch)
         from_state = load_model(study_dir / "models/best")(batch)

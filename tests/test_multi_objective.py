@@ -35,7 +35,7 @@ def test_pareto_search_records_both_objectives_and_lists_the_front(
     assert study.user_attrs[studies.SETTINGS_ATTR]["pruner"] == "none"
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.values[0] == max(studies.trial_attrs(trial)["val_accuracy"])
+        assert trial.values[0] == max(studies.trial_attrs(trial)["val_values"])
         if cost == "params":
             assert trial.values[1] == studies.trial_attrs(trial)["param_count"]
         else:
@@ -71,7 +71,8 @@ def test_pareto_search_records_both_objectives_and_lists_the_front(
     ("args", "message"),
     [
         (["--objectives", "accuracy,speed"], "unknown objective 'speed'"),
-        (["--objectives", "params,accuracy"], "start with accuracy and name each once"),
+        (["--objectives", "params,accuracy"], "start with the task's metric and name each once"),
+        (["--objectives", "rmse,params"], "the space's metric is accuracy; start with it"),
         (["--objectives", "accuracy,params", "--pruner", "median"], "Optuna's pruners need one"),
         (
             ["--objectives", "accuracy,params", "--sampler", "cmaes"],

@@ -99,7 +99,7 @@ MALFORMED = [
     (
         {"params.learning_rate": {"type": "float", "low": 0.1, "high": 1.0}},
         "params.learning_rate",
-        "unknown hyperparameter",
+        "not a param of the training loop; did you mean lr?",
     ),
     ({"params.lr": 0.1}, "params.lr", "must be a table, got 0.1"),
     ({"params.lr.type": None}, "params.lr", "missing type"),
@@ -146,9 +146,9 @@ MALFORMED = [
     ),
     ({"params.batch_size.choices": None}, "params.batch_size", "missing choices"),
     (
-        {"params.optimizer.choices": ["sgd", "adamw"]},
+        {"params.optimizer.choices": ["sgd", "lamb"]},
         "params.optimizer",
-        "one of sgd, adam, rmsprop, got 'adamw'",
+        "one of sgd, adam, adamw, rmsprop, got 'lamb'",
     ),
     (
         {"params.optimizer": {"type": "float", "low": 0.0, "high": 1.0}},

@@ -28,7 +28,7 @@ def test_a_study_reporting_four_times_per_epoch(cli, tmp_path: Path) -> None:
         # The pruner's steps are reports 1..8; shown, they are epochs 0.25..2.
         steps = sorted(t.intermediate_values)
         assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 8
-        curve = studies.epoch_accuracies(t)
+        curve = studies.epoch_values(t)
         assert list(curve) == [s / 4 for s in steps]
         attrs = studies.trial_attrs(t)
         assert attrs["epochs_run"] == steps[-1] / 4

@@ -227,7 +227,7 @@ def test_an_untraceable_model_is_exported_with_a_skip_line(cli, tmp_path) -> Non
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "model.torchscript.pt" in line]
     assert (
-        "skipped: torch.jit.trace could not capture this model: RuntimeError: the file's logits differ"
+        "skipped: torch.jit.trace could not capture this model: RuntimeError: the file's outputs differ"
         in lines[0]
     ), result.stdout
     assert "model.pt: reloaded" in result.stdout
@@ -294,7 +294,7 @@ BAD = [
     ),
     (
         {"model": "m2.py:shapeless"},
-        "the forward pass on 2 training examples of shape 1×8×8 raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
+        "the forward pass on 2 training examples of shape 1×8×8 (float32) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied",
     ),
     (
         {"model": "m2.py:eleven"},
@@ -319,7 +319,8 @@ BAD = [
     ({"data": "lengths.npz"}, "task.data: lengths.npz: training data: 10 inputs but 9 labels"),
     (
         {"data": "floats.npz"},
-        "task.data: floats.npz: training data: labels must be integers 0..K-1, got float64",
+        "task.data: floats.npz: training data: labels are floats with 10 distinct values (0, 0.1,"
+        ' 0.2, ...); for a regression target, set task.kind = "regression"',
     ),
     (
         {"data": "gaps.npz"},
@@ -352,7 +353,7 @@ def _bad_data(root: Path) -> None:
     x = np.zeros((10, 4), dtype="float32")
     np.savez(root / "keys.npz", x_train=x, images=x)
     np.savez(root / "lengths.npz", x_train=x, y_train=np.zeros(9, dtype=int))
-    np.savez(root / "floats.npz", x_train=x, y_train=np.zeros(10))
+    np.savez(root / "floats.npz", x_train=x, y_train=np.arange(10) / 10)
     np.savez(root / "gaps.npz", x_train=x, y_train=np.array([0, 2] * 5))
     for name, text in MODULES.items():
         (root / name).write_text(text)
@@ -449,7 +450,7 @@ def test_the_shipped_example_end_to_end(cli, tmp_path) -> None:
     assert loop.returncode == 0, loop.stderr
     assert "first read" in loop.stdout and "cached read" in loop.stdout
     assert [line.split()[0] for line in loop.stdout.splitlines() if "images/s" in line and "×" in line] == [
-        "reference", "harness", "streaming",
+        "reference", "harness", "streaming", "recipe",
     ]  # fmt: skip
 
     hpo = cli(

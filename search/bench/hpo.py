@@ -12,9 +12,12 @@ Seed N of every combination uses the same study seed, so the same validation spl
 per-trial seeds: strategies are compared on common random numbers, and paired across seeds.
 
 A trial costs its training seconds (evaluations included) plus the wall time its sampler and
-pruner took; training seconds alone are shown beside. The evidence for pruning comes from the
-trials of random search without pruning that report most often: how well their accuracy after
-¼, ½, 1 and 3 epochs ranks them as their final result does (`curves.rank_agreement`).
+pruner took; training seconds alone are shown beside. The task's metric may be better higher
+(accuracy) or lower (RMSE): curves, targets and times to target are computed on a score that is
+better higher (the metric, or its negative) and shown in the metric's own units. The evidence for
+pruning comes from the trials of random search without pruning that report most often: how well
+their metric after ¼, ½, 1 and 3 epochs ranks them as their final result does
+(`curves.rank_agreement`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from search.bench import curves
 from search.errors import SearchError, SettingsError
 from search.tasks import resolve
 
-TEST_ACCURACY_ATTR = "search.test_accuracy"
+TEST_ATTR = "search.test_accuracy"  # the best trial retrained and scored on the test set
 REFERENCE = ("random", "none")
 EVIDENCE_EPOCHS = (0.25, 0.5, 1.0, 3.0)  # where early accuracies are ranked against final ones
 ENOUGH_SEEDS = 0.8  # a headline strategy reaches the target on at least this share of seeds
@@ -126,7 +129,7 @@ class Strategy:
     training_seconds: float  # mean over seeds
     search_seconds: float  # mean over seeds: the sampler's and pruner's own wall time
     epochs_saved: float  # share of the epochs a study without pruning would have run
-    test_accuracy: list[float] = field(default_factory=list)  # each seed's best trial
+    test_values: list[float] = field(default_factory=list)  # each seed's best trial's test metric
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,24 @@ class Comparison:
     task: str
     model: str
     evidence: Evidence | None = None
+    metric: studies.Metric = field(default_factory=studies.Metric)
+
+    def shown(self, score: float) -> float:
+        """A score (better higher) in the metric's own units."""
+        return self.metric.key(score)
+
+    def shown_interval(self, interval: curves.Interval) -> curves.Interval:
+        """An interval of scores in the metric's own units (its ends swap for a metric that is
+        better lower)."""
+        if self.metric.maximize:
+            return interval
+        return curves.Interval(-interval.value, -interval.high, -interval.low)
 
     def headline(self) -> str:
-        """The cheapest strategy to the reference's final accuracy, in one line."""
+        """The cheapest strategy to the reference's final metric, in one line."""
         reference = next(s for s in self.strategies if s.name == self.reference)
-        target = reference.to_target.target
+        target = self.shown(reference.to_target.target)
+        metric = self.metric.name
         others = [
             s
             for s in self.strategies
@@ -161,13 +177,13 @@ class Comparison:
         seeds = f"{self.settings.seeds} seed{'s' if self.settings.seeds > 1 else ''}"
         if not others:
             return (
-                f"no strategy reached {self.reference}'s final accuracy ({target:.4f}) on "
+                f"no strategy reached {self.reference}'s final {metric} ({target:.4f}) on "
                 f"{ENOUGH_SEEDS:.0%} of the seeds, {seeds}"
             )
         best = min(others, key=lambda s: s.to_target.ratio.value)
         ratio = best.to_target.ratio
         return (
-            f"{best.name} reached {self.reference}'s final accuracy ({target:.4f}) in "
+            f"{best.name} reached {self.reference}'s final {metric} ({target:.4f}) in "
             f"{ratio.value:.2f}× its cost (95 % CI {_fmt_ratio(ratio.low)}–"
             f"{_fmt_ratio(ratio.high)}) on {best.to_target.reached:.0%} of {seeds}"
         )
@@ -267,8 +283,7 @@ def _complete(storage: Any, url: str, settings: HpoSettings, combination: Combin
         new="benchmark them in another --storage",
     )
     return (
-        studies.count_finished(study) >= combination.spec.trials
-        and TEST_ACCURACY_ATTR in study.user_attrs
+        studies.count_finished(study) >= combination.spec.trials and TEST_ATTR in study.user_attrs
     )
 
 
@@ -336,8 +351,9 @@ def _warm_up(settings: HpoSettings) -> None:
     """Train briefly before any timed trial: a process's first training step pays one-time costs
     (measured on the CPU: about 1.3 s more for its first trial), which would otherwise be charged
     to whichever strategy's study a process happens to run first."""
+    from search.contract import LOOP_PARAMS
     from search.tasks import placement
-    from search.train import LOOP_PARAMS, fit, pick_device, split_params
+    from search.train import fit, pick_device
 
     space = spaces.load(settings.space)
     task = resolve.resolve(space, data_dir=settings.data_dir)
@@ -347,7 +363,8 @@ def _warm_up(settings: HpoSettings) -> None:
     # The largest batch and model the space allows, with the loop's other settings at defaults.
     largest = space.extreme_configurations()[1]
     params = {k: v for k, v in largest.items() if k == "batch_size" or k not in LOOP_PARAMS}
-    fit(task.build_model(params), data, split_params(params)[0], epochs=1, seed=0)
+    model = task.build_model(params)
+    fit(model, data, space.hyperparameters(params), epochs=1, seed=0, scoring=task.scoring)
 
 
 def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
@@ -355,16 +372,27 @@ def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
     from search.runner import run
 
     study = run(_run_settings(settings, url, combination), echo=lambda line: None).study
-    if TEST_ACCURACY_ATTR not in study.user_attrs:
-        _record_test_accuracy(study, settings)
+    if TEST_ATTR not in study.user_attrs:
+        _record_test_value(study, settings)
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
     seconds = sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
-    test = study.user_attrs[TEST_ACCURACY_ATTR]
+    test = test_record(study)
+    metric = studies.metric_of(study).name
     return (
-        f"{len(trials)} trials ({pruned} pruned), best val {test['val_accuracy']:.4f}, "
-        f"test {test['accuracy']:.4f}, {seconds:.1f} s training"
+        f"{len(trials)} trials ({pruned} pruned), best val {metric} {test['val_value']:.4f}, "
+        f"test {test['value']:.4f}, {seconds:.1f} s training"
     )
+
+
+def test_record(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's test result (recorded before metrics were named: under accuracy keys)."""
+    record = dict(study.user_attrs[TEST_ATTR])
+    for key in ("value", "val_value", "trial_val_value"):
+        old = key.replace("value", "accuracy")
+        if key not in record and old in record:
+            record[key] = record[old]
+    return record
 
 
 def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> Any:
@@ -387,7 +415,7 @@ def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> 
     )
 
 
-def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
+def _record_test_value(study: optuna.Study, settings: HpoSettings) -> None:
     from search import retrain, runner
     from search.tasks import placement
     from search.train import pick_device
@@ -395,34 +423,37 @@ def _record_test_accuracy(study: optuna.Study, settings: HpoSettings) -> None:
     stored = study.user_attrs[studies.SETTINGS_ATTR]
     space = runner.stored_space(study)
     task = resolve.resolve(space, data_dir=settings.data_dir)
-    candidates = [
-        t for t in study.get_trials(deepcopy=False) if studies.trial_result(t) is not None
-    ]
+    metric = studies.metric_of(study)
+    results = {t.number: studies.trial_result(t, metric) for t in study.get_trials(deepcopy=False)}
+    candidates = [t for t in study.get_trials(deepcopy=False) if results[t.number] is not None]
     if not candidates:
         return
-    best = max(candidates, key=studies.trial_result)
+    best = max(candidates, key=lambda t: metric.key(results[t.number]))
     device = pick_device(settings.device)
     data = placement.load_data(
         task, space, seed=stored["seed"], device=device, data_dir=settings.data_dir
     )
     again = retrain.retrain(
         task,
+        space,
         data,
         best.params,
         seed=studies.trial_attrs(best)["seed"],
         epochs=math.ceil(
             studies.trial_attrs(best).get("epochs_run", len(best.intermediate_values))
         ),
+        schedule_epochs=stored["epochs"],
         reports_per_epoch=studies.reports_per_epoch(best),
     )
-    accuracy = retrain.test_accuracy(again.model, data, task.load(settings.data_dir, False, False))
+    test = retrain.test_value(again.model, task, data, task.load(settings.data_dir, False, False))
     study.set_user_attr(
-        TEST_ACCURACY_ATTR,
+        TEST_ATTR,
         {
             "trial": best.number,
-            "accuracy": accuracy,
-            "val_accuracy": again.val_accuracy,
-            "trial_val_accuracy": studies.trial_result(best),
+            "metric": metric.name,
+            "value": test,
+            "val_value": again.value,
+            "trial_val_value": results[best.number],
             "epoch": again.best_epoch,
         },
     )
@@ -440,10 +471,13 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
             raise SearchError(f"study {name} is missing from {studies.describe(url)}; rerun bench")
         study = optuna.load_study(study_name=name, storage=storage)
         by_strategy.setdefault(combination.strategy, []).append(study)
-    first = next(iter(by_strategy.values()))[0].user_attrs[studies.SETTINGS_ATTR]
+    first_study = next(iter(by_strategy.values()))[0]
+    first = first_study.user_attrs[studies.SETTINGS_ATTR]
+    metric = studies.metric_of(first_study)
     reference = reference_of(settings)
     seeds_curves = {
-        name: [_curves(s, first["epochs"]) for s in group] for name, group in by_strategy.items()
+        name: [_curves(s, first["epochs"], metric) for s in group]
+        for name, group in by_strategy.items()
     }
     resamples = curves.resample_indices(settings.seeds, np.random.default_rng(0))
     reference_cost = [c.cost for c in seeds_curves[reference]]
@@ -466,11 +500,7 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
                     np.mean([a.costs[-1] - b.costs[-1] for a, b in zip(by_cost, training)])
                 ),
                 epochs_saved=float(np.mean([c.epochs_saved for c in seeds_curves[name]])),
-                test_accuracy=[
-                    s.user_attrs[TEST_ACCURACY_ATTR]["accuracy"]
-                    for s in group
-                    if TEST_ACCURACY_ATTR in s.user_attrs
-                ],
+                test_values=[test_record(s)["value"] for s in group if TEST_ATTR in s.user_attrs],
             )
         )
     return Comparison(
@@ -481,14 +511,17 @@ def compare(settings: HpoSettings, url: str) -> Comparison:
         first["epochs"],
         first["task"],
         first["model"],
-        evidence=evidence(by_strategy, spec_of),
+        evidence=evidence(by_strategy, spec_of, metric),
+        metric=metric,
     )
 
 
 def evidence(
-    by_strategy: dict[str, list[optuna.Study]], spec_of: dict[str, StrategySpec]
+    by_strategy: dict[str, list[optuna.Study]],
+    spec_of: dict[str, StrategySpec],
+    metric: studies.Metric,
 ) -> Evidence | None:
-    """Rank agreement of early and final accuracies over the trials of random search without
+    """Rank agreement of early and final metrics over the trials of random search without
     pruning, from the strategy of that kind that reports most often (None if there is none)."""
     unpruned = [spec for spec in spec_of.values() if (spec.sampler, spec.pruner) == REFERENCE]
     if not unpruned:
@@ -500,13 +533,13 @@ def evidence(
         for t in study.get_trials(deepcopy=False)
         if t.state == optuna.trial.TrialState.COMPLETE
     ]
-    finals = [studies.trial_result(t) for t in trials]
-    accuracies = [studies.epoch_accuracies(t) for t in trials]
+    finals = [studies.trial_result(t, metric) for t in trials]
+    early = [studies.epoch_values(t) for t in trials]
     rng = np.random.default_rng(0)
     at = {
-        epochs: curves.rank_agreement([a.get(epochs, np.nan) for a in accuracies], finals, rng)
+        epochs: curves.rank_agreement([a.get(epochs, np.nan) for a in early], finals, rng)
         for epochs in EVIDENCE_EPOCHS
-        if all(epochs in a for a in accuracies)
+        if all(epochs in a for a in early)
     }
     return Evidence(spec.name, len(trials), at)
 
@@ -519,11 +552,12 @@ class _SeedCurves:
     epochs_saved: float  # share of the epochs a study without pruning would have run
 
 
-def _curves(study: optuna.Study, epochs: int) -> _SeedCurves:
-    """Best so far against cumulative cost, against training seconds and against trial count;
-    and the share of ``epochs`` per trial that pruning saved."""
+def _curves(study: optuna.Study, epochs: int, metric: studies.Metric) -> _SeedCurves:
+    """Best so far (as a score, better higher) against cumulative cost, against training
+    seconds and against trial count; and the share of ``epochs`` per trial that pruning saved."""
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
-    results = [studies.trial_result(t) for t in trials]
+    results = [studies.trial_result(t, metric) for t in trials]
+    results = [None if r is None else metric.key(r) for r in results]
     attrs = [studies.trial_attrs(t) for t in trials]
     training = [a.get("seconds", 0.0) for a in attrs]
     search = [a.get("sampling_seconds", 0.0) + a.get("pruning_seconds", 0.0) for a in attrs]

@@ -22,15 +22,17 @@ _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 def render(comparison: Comparison) -> str:
     settings = comparison.settings
+    metric = comparison.metric
     intro = (
         f"{len(comparison.strategies)} strategies × {settings.seeds} seeds of task "
         f"{comparison.task} (model {comparison.model}, up to {comparison.epochs} epochs), from "
         f"{html.escape(studies.describe(comparison.url))}. A strategy named "
         "SAMPLER+PRUNER:Kx@N reports K times per epoch and runs N trials. Lines are the "
-        "interquartile mean over seeds of the best validation accuracy found so far, against "
+        f"interquartile mean over seeds of the best validation {metric.name} found so far "
+        f"({'highest' if metric.maximize else 'lowest'}), against "
         "cost: each trial's training seconds plus its sampler's and pruner's own; bands are "
-        "95 % percentile-bootstrap intervals over seeds. The accuracy axis starts where most of "
-        "the curves are (double-click a chart to see all of it)."
+        f"95 % percentile-bootstrap intervals over seeds. The {metric.name} axis shows where most "
+        "of the curves are (double-click a chart to see all of it)."
     )
     sections = [
         report.section(
@@ -48,9 +50,10 @@ def render(comparison: Comparison) -> str:
             ],
         ),
         report.section(
-            "Time to the reference's accuracy",
+            f"Time to the reference's {metric.name}",
             f"What each seed spent until its best first reached {comparison.reference}'s final "
-            f"IQM ({_reference(comparison).to_target.target:.4f}), or all it spent if it never "
+            f"IQM ({comparison.shown(_reference(comparison).to_target.target):.4f}), or all it "
+            "spent if it never "
             f"did; the IQM over seeds as a multiple of {comparison.reference}'s own (below 1 is "
             "cheaper), with its paired-bootstrap 95 % interval. Each bar names the seeds that "
             f"reached it; a faded bar reached it on fewer than {ENOUGH_SEEDS:.0%} of them, and is "
@@ -59,9 +62,9 @@ def render(comparison: Comparison) -> str:
         ),
         report.section(
             "All strategies",
-            "Final best: IQM over seeds [95 % CI]. Test accuracy: each seed's best trial retrained "
-            "with its own seed and scored once on the test set (the only use of the test set); "
-            "mean and range over seeds. Click a column heading to sort.",
+            f"Final best: IQM over seeds [95 % CI]. Test {metric.name}: each seed's best trial "
+            "retrained with its own seed and scored once on the test set (the only use of the "
+            "test set); mean and range over seeds. Click a column heading to sort.",
             [],
             _table(comparison),
         ),
@@ -107,8 +110,8 @@ def _evidence_section(comparison: Comparison) -> list[str]:
             "What pruning can save",
             f"Over the {evidence.trials} complete trials of {evidence.strategy} (random "
             "configurations trained to the end): Spearman's rank correlation between each "
-            "configuration's validation accuracy after a number of epochs and its final result, "
-            "with a 95 % bootstrap interval over the configurations. Near 1, stopping there "
+            f"configuration's validation {comparison.metric.name} after a number of epochs and "
+            "its final result, with a 95 % bootstrap interval over the configurations. Near 1, stopping there "
             "would rank configurations as training them through does: the bound on what any "
             "pruner can save on this task.",
             [],
@@ -120,16 +123,22 @@ def _evidence_section(comparison: Comparison) -> list[str]:
 def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
     figure = go.Figure()
     styles = _styles(comparison)
-    lows: list[float] = []
+    lows: list[float] = []  # each curve's worse quartile, in the metric's units
+    bests: list[float] = []
     for strategy in comparison.strategies:
         seeds = strategy.by_seconds if by == "seconds" else strategy.by_trials
         grid = curves.grid_of(seeds)
         matrix = np.stack([c.at(grid) for c in seeds])
         resamples = curves.resample_indices(len(seeds), np.random.default_rng(0))
         middle, low, high = curves.band(matrix, resamples)
+        if not comparison.metric.maximize:  # scores back in the metric's units
+            middle, low, high = -middle, -high, -low
         shown = ~np.isnan(middle)
         if shown.any():
-            lows.append(float(np.percentile(middle[shown], 25)))
+            # Where most of the curve is: its worse quartile, and its best.
+            worse = 25 if comparison.metric.maximize else 75
+            lows.append(float(np.percentile(middle[shown], worse)))
+            bests.append(float(comparison.metric.best(middle[shown].tolist())))
         x = grid[shown]
         colour, dash = styles[strategy.name]
         upper_x, upper_y = _steps(x, high[shown])
@@ -160,7 +169,7 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
     figure.update_layout(
         title="by cumulative cost" if by == "seconds" else "by trial",
         xaxis_title="training, sampler and pruner seconds (log)" if by == "seconds" else "trials",
-        yaxis_title="best validation accuracy (IQM)",
+        yaxis_title=f"best validation {comparison.metric.name} (IQM)",
     )
     if by == "seconds":
         spent = np.concatenate([c.costs for s in comparison.strategies for c in s.by_seconds])
@@ -168,8 +177,18 @@ def _curves_figure(comparison: Comparison, by: str) -> go.Figure:
         axis = _log_ticks(spent.min(), spent.max()) if len(spent) else {"type": "log"}
         figure.update_xaxes(**axis)
     if lows:
-        # The first few trials span the whole range; what tells strategies apart is near the top.
-        figure.update_yaxes(range=[max(0.0, min(lows) - 0.01), 1.0])
+        # The first few trials span the whole range; what tells strategies apart is near the best.
+        if comparison.metric.name == "accuracy":
+            figure.update_yaxes(range=[max(0.0, min(lows) - 0.01), 1.0])
+        else:
+            ends = sorted(
+                [
+                    comparison.metric.best(bests),
+                    min(lows) if comparison.metric.maximize else max(lows),
+                ]
+            )
+            pad = 0.05 * (ends[1] - ends[0]) or 0.01
+            figure.update_yaxes(range=[ends[0] - pad, ends[1] + pad])
     return figure
 
 
@@ -232,13 +251,13 @@ def _table(comparison: Comparison) -> str:
         "epochs saved by pruning",
         "training s per seed",
         "sampler + pruner s per seed",
-        "test accuracy of best",
+        f"test {comparison.metric.name} of best",
     ]
     rows = []
     for s in comparison.strategies:
-        final, cost, ratio = s.final, s.to_target.cost, s.to_target.ratio
+        final, cost, ratio = comparison.shown_interval(s.final), s.to_target.cost, s.to_target.ratio
         training = s.to_target_training.ratio
-        tests = s.test_accuracy
+        tests = s.test_values
         cells = [
             (s.name, s.name),
             (final.value, f"{final.value:.4f} [{final.low:.4f}–{final.high:.4f}]"),
@@ -272,11 +291,11 @@ def table_lines(comparison: Comparison) -> list[str]:
             "× (training s)",
             "seeds",
             "pruned",
-            "test acc",
+            f"test {comparison.metric.name}",
         ]
     ]
     for s in comparison.strategies:
-        final = s.final
+        final = comparison.shown_interval(s.final)
         rows.append(
             [
                 s.name,
@@ -286,7 +305,7 @@ def table_lines(comparison: Comparison) -> list[str]:
                 _num(s.to_target_training.ratio.value, ".2f"),
                 f"{round(s.to_target.reached * len(s.by_seconds))}/{len(s.by_seconds)}",
                 f"{100 * s.epochs_saved:.0f} %",
-                f"{np.mean(s.test_accuracy):.4f}" if s.test_accuracy else "-",
+                f"{np.mean(s.test_values):.4f}" if s.test_values else "-",
             ]
         )
     lines = _aligned(rows)

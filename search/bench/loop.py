@@ -5,8 +5,10 @@ PIL image at a time through torchvision's ``ToTensor`` and ``Normalize`` (and ``
 ``RandomHorizontalFlip`` where the task augments), a ``DataLoader`` with two worker processes, and
 ``loss.item()`` after every step. The harness is `search.train.fit` on device-resident data. Both
 train the same model family and depth with the same optimizer for the same number of full batches,
-in one process and one run, after a few untimed warm-up steps each. The harness runs twice: on
-device-resident data and on data streamed from the host (`search.tasks.streaming`). Then
+in one process and one run, after a few untimed warm-up steps each. The harness runs three times:
+on device-resident data, on data streamed from the host (`search.tasks.streaming`), and on
+resident data with the recipe people tune on top of the constant rate (a cosine schedule with
+warm-up and gradient clipping, what a step of it costs). Then
 ``--workers N`` runs N harness processes at once and adds up their images/s. With ``--space`` the
 data and model are a space's (the user's own: its model factory at the low end of every param),
 and the first read of the data (decoding it) is timed against a read from the cache.
@@ -14,6 +16,7 @@ and the first read of the data (decoding it) is timed against a read from the ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -28,20 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from search import spaces, tasks
+from search.contract import LOOP_PARAMS, EpochResult, Hyperparameters, TrainingData
 from search.errors import Diverged, SettingsError
 from search.tasks import factory, resolve, user_data
 from search.tasks.data import DeviceData
 from search.tasks.streaming import StreamingData
-from search.train import (
-    LOOP_PARAMS,
-    EpochResult,
-    Hyperparameters,
-    TrainingData,
-    evaluate,
-    fit,
-    make_optimizer,
-    pick_device,
-)
+from search.train import evaluate, fit, make_optimizer, pick_device
+
+# The recipe on top of the constant rate that `search bench loop` times beside it.
+RECIPE = {"lr_schedule": "cosine", "warmup": 0.1, "grad_clip": 1.0}
 
 WARMUP_STEPS = 5
 
@@ -78,7 +76,7 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
     if settings.space is not None:
         _time_reads(spaces.load(settings.space), echo)
     split = _split(task, settings)
-    if not pil_readable(split.images):
+    if isinstance(split.inputs, tuple) or not pil_readable(split.inputs):
         raise SettingsError(
             f"--task {task.name}: the reference loop reads images through PIL (8-bit, or "
             "one-channel float); use mnist, fashion-mnist, cifar10 or a synthetic-* task"
@@ -113,11 +111,17 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
         rows.append(Row("harness", batch_size, *harness, harness[1] / reference[1]))
         streaming = _harness(task, params, settings, streamed, hp)
         rows.append(Row("streaming", batch_size, *streaming, streaming[1] / reference[1]))
+        recipe = _harness(task, params, settings, data, dataclasses.replace(hp, **RECIPE))
+        rows.append(Row("recipe", batch_size, *recipe, recipe[1] / reference[1]))
         for n in settings.workers:
             total = _packed(settings, n, batch_size)
             rows.append(Row(f"harness ×{n}", batch_size, float("nan"), total, total / reference[1]))
-        for row in rows[-3 - len(settings.workers) :]:
+        for row in rows[-4 - len(settings.workers) :]:
             echo(f"  {format_row(row)}")
+        echo(
+            f"  the recipe ({', '.join(f'{k} {v}' for k, v in RECIPE.items())}) takes "
+            f"{harness[1] / recipe[1]:.2f}× the harness's time per step at batch {batch_size}"
+        )
     return name, rows
 
 
@@ -158,7 +162,8 @@ def _time_reads(space: spaces.Space, echo: Any) -> None:
         again = user_data.open_cached(first.cache)
         for split in (again.train, again.val, again.test):
             if split is not None:
-                split.images.sum()  # every page of the memory-mapped file read
+                for x in split.inputs if isinstance(split.inputs, tuple) else (split.inputs,):
+                    x.sum()  # every page of the memory-mapped file read
         cached = time.perf_counter() - start
     n = sum(first.fingerprint["examples"].values())
     echo(
@@ -171,7 +176,7 @@ def _split(task: tasks.Task, settings: LoopSettings) -> tasks.Split:
     split = task.load(settings.data_dir, False, True)
     if settings.examples is None:
         return split
-    return tasks.Split(split.images[: settings.examples], split.labels[: settings.examples])
+    return split.take(slice(0, settings.examples))
 
 
 def _build(task: tasks.Task, params: dict[str, Any]) -> torch.nn.Module:
@@ -187,15 +192,14 @@ def _harness(
     hp: Hyperparameters,
 ) -> tuple[float, float]:
     n = hp.batch_size * WARMUP_STEPS + 2
-    # A few untimed steps on a small resident copy (the labels do not matter to a warm-up).
+    # A few untimed steps on a small resident copy.
     warm = DeviceData.from_split(
-        tasks.Split(data.examples(n), torch.zeros(n, dtype=torch.int64)),
-        val_fraction=0.01,
-        seed=0,
-        device=data.device,
+        tasks.Split(*data.examples(n)), val_fraction=0.01, seed=0, device=data.device
     )
-    fit(_build(task, params), warm, hp, epochs=1, seed=0)
-    history = fit(_build(task, params), data, hp, epochs=settings.epochs, seed=0)
+    fit(_build(task, params), warm, hp, epochs=1, seed=0, scoring=task.scoring)
+    history = fit(
+        _build(task, params), data, hp, epochs=settings.epochs, seed=0, scoring=task.scoring
+    )
     images_per_second = sum(r.images_per_second for r in history) / len(history)
     steps = data.n_train // hp.batch_size
     return steps * hp.batch_size / images_per_second, images_per_second
@@ -210,7 +214,8 @@ def _reference(
     hp: Hyperparameters,
     device: torch.device,
 ) -> tuple[float, float]:
-    dataset = _TutorialDataset(split, data.n_train, data.mean, data.std, task.augment)
+    scale = data.inputs.parts[0]
+    dataset = _TutorialDataset(split, data.n_train, scale.mean, scale.std, task.augment)
     model = _build(task, params).to(device)
     optimizer = make_optimizer(hp, model.parameters())
     loader = _tutorial_loader(dataset, hp.batch_size, device)
@@ -275,16 +280,19 @@ def reference_fit(
     *,
     epochs: int,
     seed: int,
+    scoring: Any = None,
     on_epoch: Any = None,
     checkpoint: Any = None,
     history: list[EpochResult] | None = None,
     reports_per_epoch: int = 1,
+    schedule_epochs: int | None = None,
 ) -> list[EpochResult]:
     """`train.fit`'s signature on the reference loop, for `search bench study`'s second study.
 
-    Each epoch trains the tutorial way (see the module docstring) and then scores the validation
-    split with the harness's `evaluate`, so the two studies differ in the training loop only. It
-    keeps no checkpoints (a reference study is not resumed) and reports once per epoch.
+    Each epoch trains the tutorial way (see the module docstring), at the constant rate of a
+    tutorial, and then scores the validation split with the harness's `evaluate`, so the two
+    studies differ in the training loop only. It keeps no checkpoints (a reference study is not
+    resumed) and reports once per epoch; ``scoring`` is classification's, checked by the bench.
     """
     if reports_per_epoch != 1:
         raise ValueError(f"the reference loop reports once per epoch, not {reports_per_epoch}")
@@ -303,7 +311,7 @@ def reference_fit(
         result = EpochResult(
             epoch=epoch,
             train_loss=total / steps,
-            val_accuracy=evaluate(model, data.val_x, data.val_y),
+            value=evaluate(model, data.val_x, data.val_y),
             seconds=time.perf_counter() - start,
             images_per_second=steps * hp.batch_size / train_seconds,
         )
@@ -321,10 +329,10 @@ class _TutorialDataset(torch.utils.data.Dataset):
     ) -> None:
         from torchvision import transforms
 
-        images = split.images[:n]
+        images = split.inputs[:n]
         as_pil = images.permute(0, 2, 3, 1).squeeze(-1)  # HW (or HWC for colour)
         self.images = as_pil.numpy() if images.dtype == torch.uint8 else as_pil.float().numpy()
-        self.labels = split.labels[:n].tolist()
+        self.labels = split.targets[:n].tolist()
         steps: list[Any] = []
         if augment:
             steps += [
@@ -344,11 +352,12 @@ class _TutorialDataset(torch.utils.data.Dataset):
     @classmethod
     def of(cls, data: DeviceData) -> _TutorialDataset:
         """The training part of device-resident data, back at the dataset's own scale."""
-        raw = (data.train_x.float() * data.std + data.mean).cpu()
+        scale = data.inputs.parts[0]
+        raw = (data.train_x.float() * scale.std + scale.mean).cpu()
         if not pil_readable(raw):  # colour: 8-bit, as it was read
             raw = raw.round().clamp(0, 255).to(torch.uint8)
         split = tasks.Split(raw.contiguous(), data.train_y.cpu())
-        return cls(split, data.n_train, data.mean.cpu(), data.std.cpu(), data.augment)
+        return cls(split, data.n_train, scale.mean.cpu(), scale.std.cpu(), data.augment)
 
     def __len__(self) -> int:
         return len(self.labels)

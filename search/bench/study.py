@@ -72,11 +72,17 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
     data = placement.load_data(
         task, space, seed=settings.seed, device=device, mode="resident", data_dir=settings.data_dir
     )
-    if not pil_readable(data.train_x):
+    if isinstance(data.train_x, tuple) or not pil_readable(data.train_x):
         raise SettingsError(
             f"--space {settings.space}: task {task.name} has no PIL-readable images"
         )
+    if task.scoring.own_loss or task.scoring.kind != "classification":
+        raise SettingsError(
+            f"--space {settings.space}: the reference loop trains classification with "
+            "cross-entropy; this task is scored otherwise"
+        )
     epochs = settings.epochs or space.epochs
+    metric = studies.Metric(task.scoring.metric_name, task.scoring.direction)
     echo(
         f"bench study: {settings.trials} trials of {space.source} (task {task.name}, up to "
         f"{epochs} epochs, TPE + median pruning, seed {settings.seed}) on {device}"
@@ -92,7 +98,7 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
             study = optuna.create_study(
                 storage=studies.open_storage(url, create=True, heartbeat=HEARTBEAT),
                 study_name=loop,
-                direction="maximize",
+                direction=task.scoring.direction,
                 sampler=studies.make_sampler(
                     "tpe",
                     studies.sampler_seed(settings.seed, 0, 0),
@@ -116,7 +122,8 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
                 loop,
                 wall,
                 sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials),
-                max((studies.trial_result(t) or 0.0 for t in trials), default=0.0),
+                metric.best(r for t in trials if (r := studies.trial_result(t, metric)) is not None)
+                or 0.0,
                 meter.result(len(trials)),
             )
             echo(f"  {format_timing(timing)}")
@@ -149,7 +156,7 @@ def format_timing(timing: StudyTiming) -> str:
     costs = timing.bookkeeping
     return (
         f"{timing.loop:<9} wall {timing.wall_seconds:7.1f} s, in trials {timing.trial_seconds:7.1f} s, "
-        f"overhead {100 * timing.overhead:4.1f} %, best val accuracy {timing.best:.4f}\n"
+        f"overhead {100 * timing.overhead:4.1f} %, best val metric {timing.best:.4f}\n"
         f"            bookkeeping {costs.total_ms:5.1f} ms per trial "
         f"({100 * timing.bookkeeping_share:4.1f} % of wall): sampling {costs.sampling_ms:.1f}, "
         f"storage {costs.storage_ms:.1f} ({costs.round_trips:.0f} round trips: "

@@ -26,7 +26,18 @@ def _missing(data_dir: Path) -> Iterator[Path]:
     "cifar10",
     description="CIFAR-10 objects, 3x32x32, 10 classes (torchvision, --data-dir), crop+flip",
     input_shape=(3, 32, 32),
-    num_classes=10,
+    classes=(
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
     augment=True,
 )
 def load(data_dir: Path, download: bool, train: bool) -> Split:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search.tasks.registry import Split, register_task
+from search.tasks.registry import DIGITS, Split, register_task
 
 TEST_FRACTION = 0.2
 
@@ -25,7 +25,7 @@ TEST_FRACTION = 0.2
     "digits",
     description="scikit-learn digits, 1x8x8, 10 classes, bundled (offline)",
     input_shape=(1, 8, 8),
-    num_classes=10,
+    classes=DIGITS,
     needs_data_dir=False,
 )
 def load(data_dir: Path, download: bool, train: bool) -> Split:

@@ -1,8 +1,9 @@
 """Model factories: what a space's ``task.model`` names, checked before a study exists.
 
 A factory is any callable that takes keyword arguments only and returns an ``nn.Module``:
-``input_shape`` and ``num_classes`` from the data, every sampled param the training loop does not
-take (see `search.train.split_params`), and the space's fixed ``[task.model_args]``. The built-in
+``input_shape`` and ``num_classes`` from the data (the classes, or for regression the targets per
+example), every sampled param the training loop does not take (see `search.contract.split_params`),
+and the space's fixed ``[task.model_args]``. The built-in
 families (``cnn``, ``mlp``, ``resnet``, ``cnn1d``) are factories of this shape too, so one
 `ModelFactory` builds every model the harness trains.
 """
@@ -19,9 +20,10 @@ import torch
 from torch import nn
 
 from search import references
+from search.contract import Inputs, closest_loop_param, first_input, model_output, split_params
 from search.errors import TaskError
+from search.scoring import Scoring
 from search.tasks import models
-from search.train import split_params
 
 # What a factory always gets from the data, whatever the space samples.
 DATA_ARGS = ("input_shape", "num_classes")
@@ -110,6 +112,10 @@ def check_signature(
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     has = ", ".join(p.name for p in parameters) or "none"
     unknown = [n for n in given if n not in keywords] if not takes_any else []
+    meant = {n: closest_loop_param(n) for n in unknown if closest_loop_param(n)}
+    if meant:
+        name, loop = next(iter(meant.items()))
+        raise TaskError(_not_the_loops(name, loop))
     if unknown:
         raise TaskError(
             f"{name} cannot take {', '.join(unknown)} (its parameters: {has}); add "
@@ -131,20 +137,33 @@ def check_signature(
         )
 
 
+def _not_the_loops(name: str, loop: str) -> str:
+    if loop == "task.epochs":
+        return "epochs is the study's: set task.epochs (or search run --epochs), not a param"
+    return f"{name} is not a param the training loop takes; did you mean {loop}?"
+
+
 def check_builds(
     factory: ModelFactory,
     configurations: list[dict[str, Any]],
-    examples: torch.Tensor,
+    examples: Inputs,
+    targets: torch.Tensor,
     num_classes: int,
+    scoring: Scoring,
+    hyperparameters: Any,
 ) -> None:
     """Build the model at each configuration and run it on ``examples`` (two real training
-    examples, on the CPU), forward and backward in training mode: the output must be
-    ``(len(examples), num_classes)`` logits.
+    examples, on the CPU), forward and backward in training mode through the task's loss on
+    their ``targets``, and score them with its metric. The output must have the targets'
+    shape, with one logit per class in dimension 1 for class labels.
 
     Raises:
-        TaskError: the factory or forward pass raised, or the output is not such logits.
+        TaskError: the factory, the forward pass, the loss or the metric raised, or the output
+            is not shaped for the targets; the message starts ``task.loss:`` or
+            ``task.metric:`` where the user's loss or metric is at fault.
     """
-    input_shape = tuple(examples.shape[1:])
+    input_shape = _shape(examples)
+    expected = _expected_output(targets, num_classes)
     seen: list[dict[str, Any]] = []
     for params in configurations:
         args = factory.kwargs(params)
@@ -173,23 +192,93 @@ def check_builds(
                 )
             model.train()
             try:
-                out = model(examples)
-                if isinstance(out, torch.Tensor) and out.requires_grad:
-                    out.float().sum().backward()
+                out = model_output(model, examples)
             except Exception as e:
                 raise TaskError(
                     f"{factory.reference} with {shown}: the forward pass on 2 training examples "
-                    f"of shape {models.shape_text(input_shape)} raised {references.failure_line(e)}"
+                    f"of {_described(examples)} raised {references.failure_line(e)}"
                 ) from None
-        expected = (len(examples), num_classes)
-        if not isinstance(out, torch.Tensor):
-            raise TaskError(
-                f"{factory.reference} with {shown}: the model returned {type(out).__name__!r}, "
-                f"not a tensor of logits of shape {expected}"
+            _check_output(out, expected, factory.reference, shown, num_classes, targets)
+            _check_scoring(out, targets, scoring, hyperparameters(params))
+
+
+def _check_output(
+    out: Any,
+    expected: tuple[int, ...],
+    reference: str,
+    shown: str,
+    num_classes: int,
+    targets: torch.Tensor,
+) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TaskError(
+            f"{reference} with {shown}: the model returned {type(out).__name__!r}, "
+            f"not a tensor of shape {expected}"
+        )
+    if tuple(out.shape) == expected:
+        return
+    if targets.is_floating_point():
+        what = f"the shape of the {len(targets)} examples' targets"
+    else:
+        what = f"one logit for each of the data's {num_classes} classes"
+    raise TaskError(
+        f"{reference} with {shown}: the model's output has shape {tuple(out.shape)} on "
+        f"{len(targets)} examples; expected {expected}, {what}"
+    )
+
+
+def _check_scoring(out: torch.Tensor, targets: torch.Tensor, scoring: Scoring, hp: Any) -> None:
+    """The loss on the check's output, backward, and the metric on it (the user's own are
+    imported and run here, before a study exists)."""
+    try:
+        loss = scoring.criterion(hp)(out, targets)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            got = (
+                f"a tensor of shape {tuple(loss.shape)}"
+                if isinstance(loss, torch.Tensor)
+                else repr(type(loss).__name__)
             )
-        if tuple(out.shape) != expected:
-            raise TaskError(
-                f"{factory.reference} with {shown}: the model's output has shape "
-                f"{tuple(out.shape)} on {len(examples)} examples; expected {expected}, one logit "
-                f"for each of the data's {num_classes} classes"
-            )
+            raise TypeError(f"it returned {got}, not a scalar tensor")
+        loss.float().backward()
+    except TaskError:
+        raise
+    except Exception as e:
+        raise TaskError(
+            f"task.loss: {scoring.loss} on the model's output {tuple(out.shape)} and 2 targets "
+            f"{tuple(targets.shape)}: {references.failure_line(e)}"
+        ) from None
+    try:
+        metric = scoring.new_metric(out.device)
+        metric.update(out.detach(), targets)
+        value = metric.compute()
+        float(value)
+    except TaskError:
+        raise
+    except Exception as e:
+        raise TaskError(
+            f"task.metric: {scoring.metric} on the model's output {tuple(out.shape)} and 2 "
+            f"targets {tuple(targets.shape)}: {references.failure_line(e)}"
+        ) from None
+
+
+def _expected_output(targets: torch.Tensor, num_classes: int) -> tuple[int, ...]:
+    """Float targets: their own shape; class labels N×...: N×K×..."""
+    if targets.is_floating_point():
+        return tuple(targets.shape)
+    return (len(targets), num_classes, *targets.shape[1:])
+
+
+def _shape(examples: Inputs) -> tuple[Any, ...]:
+    if isinstance(examples, tuple):
+        return tuple(tuple(x.shape[1:]) for x in examples)
+    return tuple(examples.shape[1:])
+
+
+def _described(examples: Inputs) -> str:
+    if isinstance(examples, tuple):
+        return "inputs " + ", ".join(_one(x) for x in examples)
+    return _one(first_input(examples))
+
+
+def _one(x: torch.Tensor) -> str:
+    return f"shape {models.shape_text(tuple(x.shape[1:]))} ({str(x.dtype).removeprefix('torch.')})"

@@ -19,6 +19,8 @@ import torch
 
 from search.errors import TaskError, first_line
 
+# The extensions torchvision's ImageFolder reads (its IMG_EXTENSIONS), without importing it.
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = {
     "train": ("train", "training"),
     "val": ("val", "valid", "validation"),
@@ -141,10 +143,27 @@ def _decode_all(
         return list(pool.map(lambda p: _decode(p, shown, image_size), paths))
 
 
-def _decode(path: str, shown: _Shown, image_size: tuple[int, int] | None) -> torch.Tensor:
-    """One image as uint8 C×H×W, resized to ``image_size`` if given: one channel for grayscale,
-    three for anything else (alpha and palettes dropped), opened by PIL as torchvision's own
-    folder loader opens it, but without forcing RGB."""
+def image_files(folder: Path) -> list[Path]:
+    """Every image under ``folder``, at any depth, in sorted order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def decode(path: Path, channels: int, image_size: tuple[int, int] | None) -> torch.Tensor:
+    """One image as its study decoded it: uint8 with ``channels`` channels (grayscale or RGB),
+    resized to ``image_size`` if the study resized its images.
+
+    Raises:
+        TaskError: the file is not an image PIL can read.
+    """
+    return _decode(str(path), _Shown(path.parent, str(path.parent)), image_size, channels)
+
+
+def _decode(
+    path: str, shown: _Shown, image_size: tuple[int, int] | None, channels: int | None = None
+) -> torch.Tensor:
+    """One image as uint8 C×H×W, resized to ``image_size`` if given: ``channels`` of them, or
+    one for grayscale and three for anything else (alpha and palettes dropped), opened by PIL
+    as torchvision's own folder loader opens it, but without forcing RGB."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -154,7 +173,9 @@ def _decode(path: str, shown: _Shown, image_size: tuple[int, int] | None) -> tor
                 array = np.asarray(image, dtype=np.float64)
                 top = 65535.0 if image.mode != "F" else max(float(array.max()), 1.0)
                 image = Image.fromarray((array * (255.0 / top)).round().astype(np.uint8))
-            image = image.convert("L" if image.mode in ("1", "L", "LA") else "RGB")
+            if channels is None:
+                channels = 1 if image.mode in ("1", "L", "LA") else 3
+            image = image.convert("L" if channels == 1 else "RGB")
             if image_size is not None and image.size != (image_size[1], image_size[0]):
                 # As torchvision's Resize does a PIL image: bilinear, antialiased when shrinking.
                 image = image.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)

@@ -7,7 +7,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from search.tasks._torchvision import open_dataset
-from search.tasks.registry import Split, register_task
+from search.tasks.registry import DIGITS, Split, register_task
+
+# torchvision's FashionMNIST.classes, without importing torchvision to register the task.
+FASHION = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def _missing(cls: type) -> Callable[[Path], Iterator[Path]]:
@@ -31,7 +45,7 @@ def _load(cls: type, data_dir: Path, download: bool, train: bool) -> Split:
     "mnist",
     description="MNIST handwritten digits, 1x28x28, 10 classes (torchvision, --data-dir)",
     input_shape=(1, 28, 28),
-    num_classes=10,
+    classes=DIGITS,
 )
 def load_mnist(data_dir: Path, download: bool, train: bool) -> Split:
     from torchvision.datasets import MNIST  # torchvision costs a second to import; only here
@@ -43,7 +57,7 @@ def load_mnist(data_dir: Path, download: bool, train: bool) -> Split:
     "fashion-mnist",
     description="Fashion-MNIST clothing, 1x28x28, 10 classes (torchvision, --data-dir)",
     input_shape=(1, 28, 28),
-    num_classes=10,
+    classes=FASHION,
 )
 def load_fashion_mnist(data_dir: Path, download: bool, train: bool) -> Split:
     from torchvision.datasets import FashionMNIST

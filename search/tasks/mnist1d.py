@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search.tasks.registry import Split, register_task
+from search.tasks.registry import DIGITS, Split, register_task
 
 
 @register_task(
     "mnist1d",
     description="MNIST-1D signals, 1x1x40, 10 classes, generated (offline)",
     input_shape=(1, 1, 40),
-    num_classes=10,
+    classes=DIGITS,
     models=("mlp", "cnn1d"),
     needs_data_dir=False,
 )

@@ -1,7 +1,7 @@
 """Where a study's data lives while it trains: on the device, or streamed from the host.
 
-The rule: the float32 training and validation inputs stay resident on the device when they take
-at most half of its free memory (CUDA's free memory, or the RAM available on the CPU), shared by
+The rule: the prepared training and validation inputs (float32, or int64 token ids and codes) stay
+resident on the device when they take at most half of its free memory (CUDA's free memory, or the RAM available on the CPU), shared by
 the processes that train on it; otherwise batches stream from host memory (or the memory-mapped
 cache of the user's data). Half leaves room for the model, its activations and the optimizer.
 ``--data-mode resident|stream`` forces either path; a trial records which one it took.
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from search.contract import TrainingData
 from search.spaces import Space
 from search.tasks.data import DeviceData
 from search.tasks.registry import Split, Task
+from search.tasks.scaling import is_integer, standardized_by_default
 from search.tasks.streaming import StreamingData
-from search.train import TrainingData
 
 DATA_MODES = ("auto", "resident", "stream")
 RESIDENT_SHARE = 0.5
@@ -48,13 +49,23 @@ def load_data(
         device=device,
         augment=task.augment,
         val=task.validation,
+        normalize=task.normalize,
+        regression=task.scoring.kind == "regression",
     )
 
 
 def resident_bytes(split: Split, task: Task) -> int:
-    """What the resident path keeps on the device: float32 training and validation inputs."""
-    examples = len(split.labels) + (0 if task.validation is None else len(task.validation.labels))
-    return examples * split.images[0].numel() * 4
+    """What the resident path keeps on the device: the prepared training and validation inputs
+    (float32, or int64 for integers kept as they are)."""
+    examples = len(split) + (0 if task.validation is None else len(task.validation))
+    inputs = split.inputs if isinstance(split.inputs, tuple) else (split.inputs,)
+    per_example = 0
+    for x in inputs:
+        kept = is_integer(x) and not (
+            standardized_by_default(x) if task.normalize is None else task.normalize
+        )
+        per_example += x[0].numel() * (8 if kept else 4)
+    return examples * per_example
 
 
 def choose(nbytes: int, device: torch.device, processes: int = 1) -> str:

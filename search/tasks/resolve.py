@@ -1,24 +1,28 @@
 """A space's ``[task]`` → one `Task`: a registered task or the user's own data, with its model.
 
-Built-in and user tasks come out the same: a loader of splits, an input shape, a class count and a
-model factory, so the objective, `fit`, reports, export and benchmarks never ask where a task came
-from. Here, before any study exists, the factory is imported and its signature checked against the
-names the space will give it; `check_model` then builds it at the ends of the space and runs it on
-two real training examples. Errors name the space file and the key.
+Built-in and user tasks come out the same: a loader of splits, an input shape, a class count, the
+scoring (kind, loss, metric, direction) and a model factory, so the objective, `fit`, reports,
+export and benchmarks never ask where a task came from. Here, before any study exists, the factory
+is imported and its signature checked against the names the space will give it, and the user's
+loss and metric are imported; `check_model` then builds the model at the ends of the space and
+runs it, with the loss and the metric, on two real training examples. Errors name the space file
+and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from search import references, tasks
+from search import references, scoring, tasks
+from search.contract import LOOP_PARAMS, Inputs
 from search.errors import SearchError, SpaceError, TaskError
 from search.spaces import Space
 from search.tasks import factory, models, user_data
-from search.train import LOOP_PARAMS
+from search.tasks.checks import TargetRule
 
 # Beside the default storage: a study's decoded data lives where its database does.
 DEFAULT_CACHE_DIR = Path("studies") / "cache"
@@ -31,16 +35,27 @@ def resolve(
     download: bool = False,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> tasks.Task:
-    """The task ``space`` names, with its model factory. The user's data is read (from its cache
-    entry when it holds it; worker processes `reopen` that entry); a registered task's data is not
-    touched.
+    """The task ``space`` names, with its model factory and scoring. The user's data is read
+    (from its cache entry when it holds it; worker processes `reopen` that entry); a registered
+    task's data is not touched.
 
     Raises:
-        SpaceError: ``<space file>: task.model|task.data: <what is wrong>``.
+        SpaceError: ``<space file>: task.model|task.data|task.loss|task.metric: <what is wrong>``.
     """
     model = model_factory(space)
+    try:
+        scoring.resolve(space.scoring)
+    except TaskError as e:
+        raise SpaceError(f"{space.source}: {e}") from None
     if not space.user_data:
-        return tasks.get(space.task).with_model(model)
+        task = tasks.get(space.task)
+        return dataclasses.replace(
+            task,
+            model=model,
+            scoring=space.scoring.with_outputs(task.num_classes),
+            normalize=space.normalize,
+        )
+    rule = TargetRule(space.scoring.kind, space.scoring.own_loss or space.scoring.own_metric)
     try:
         data = user_data.read(
             space.data_ref,
@@ -48,54 +63,73 @@ def resolve(
             image_size=space.image_size,
             test_fraction=space.test_fraction,
             cache_dir=cache_dir,
+            rule=rule,
         )
     except TaskError as e:
         raise _fail(space, "task.data", e) from None
+    if data.train.targets.is_floating_point() and space.scoring.metric in ("accuracy", "f1"):
+        raise _fail(
+            space,
+            "task.metric",
+            TaskError(
+                f"{space.scoring.metric} needs integer class labels, and the data's are floats; "
+                "name a metric of your own (task.metric) and its task.direction"
+            ),
+        )
     examples = data.fingerprint["examples"]
     fingerprint = {"data": data.fingerprint}
     if not model.builtin:
         fingerprint["model"] = references.fingerprint(space.model, space.base_dir)
+    if space.scoring.kind == "regression":
+        what = f"{data.num_classes} target{'s' if data.num_classes > 1 else ''}"
+    else:
+        what = f"{data.num_classes} classes"
     description = (
         f"your data {space.task}: {examples['train']} train, {examples['val']} val, "
-        f"{examples['test']} test ({data.fingerprint['test']}), "
-        f"{models.shape_text(data.input_shape)}, {data.num_classes} classes"
+        f"{examples['test']} test ({data.fingerprint['test']}), {_shapes(data.input_shape)}, {what}"
     )
-    return _user_task(data, space.task, description, model, fingerprint)
-
-
-def reopen(
-    cache: Path,
-    name: str,
-    description: str,
-    model: factory.ModelFactory,
-    fingerprint: dict[str, Any] | None,
-) -> tasks.Task:
-    """A user task again, from the cache entry its data was decoded into (how a `Task` crosses
-    into a worker process)."""
-    return _user_task(user_data.open_cached(cache), name, description, model, fingerprint)
-
-
-def _user_task(
-    data: user_data.UserData,
-    name: str,
-    description: str,
-    model: factory.ModelFactory,
-    fingerprint: dict[str, Any] | None,
-) -> tasks.Task:
-    return tasks.Task(
-        name=name,
+    template = tasks.Task(
+        name=space.task,
         description=description,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         models=(model.reference,),
         augment=False,
         needs_data_dir=False,
-        load=lambda _dir, _download, train: data.train if train else data.test,
-        validation=data.val,
+        load=_unread,
         model=model,
         fingerprint=fingerprint,
-        cache=data.cache,
+        classes=data.classes,
+        scoring=space.scoring.with_outputs(data.num_classes),
+        normalize=space.normalize,
     )
+    return _with_data(template, data)
+
+
+def reopen(cache: Path, template: tasks.Task) -> tasks.Task:
+    """A user task again, from the cache entry its data was decoded into (how a `Task` crosses
+    into a worker process)."""
+    return _with_data(template, user_data.open_cached(cache))
+
+
+def _with_data(template: tasks.Task, data: user_data.UserData) -> tasks.Task:
+    return dataclasses.replace(
+        template,
+        load=lambda _dir, _download, train: data.train if train else data.test,
+        validation=data.val,
+        cache=data.cache,
+        reopen=reopen,
+    )
+
+
+def _unread(data_dir: Path, download: bool, train: bool) -> tasks.Split:
+    raise TaskError("the user's data is not read yet")
+
+
+def _shapes(input_shape: tuple[Any, ...]) -> str:
+    if input_shape and isinstance(input_shape[0], tuple):
+        return "inputs " + ", ".join(models.shape_text(shape) for shape in input_shape)
+    return models.shape_text(input_shape)
 
 
 def model_factory(space: Space) -> factory.ModelFactory:
@@ -118,18 +152,30 @@ def model_factory(space: Space) -> factory.ModelFactory:
     return resolved
 
 
-def check_model(task: tasks.Task, space: Space, examples: torch.Tensor) -> None:
+def check_model(task: tasks.Task, space: Space, examples: tuple[Inputs, torch.Tensor]) -> None:
     """Build the model at the ends of every param that shapes it and run it, on the CPU, on two
-    real (normalized) training examples; the output must be (2, num_classes).
+    real (prepared) training examples, through the task's loss and metric; the output must be
+    shaped for their targets (one logit per class for class labels).
 
     Raises:
-        SpaceError: naming the space file, ``task.model`` and what went wrong.
+        SpaceError: naming the space file, ``task.model`` (or ``task.loss``, ``task.metric``)
+            and what went wrong.
     """
+    inputs, targets = examples
     try:
         factory.check_builds(
-            task.model, space.extreme_configurations(), examples.cpu(), task.num_classes
+            task.model,
+            space.extreme_configurations(),
+            inputs,
+            targets.cpu(),
+            task.num_classes,
+            task.scoring,
+            space.hyperparameters,
         )
     except TaskError as e:
+        text = str(e)
+        if text.startswith(("task.loss: ", "task.metric: ")):
+            raise SpaceError(f"{space.source}: {text}") from None
         raise _fail(space, "task.model", e) from None
 
 

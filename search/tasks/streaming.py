@@ -5,9 +5,9 @@ float32 the device-resident path keeps). Each epoch draws the same seeded permut
 that `search.tasks.data.DeviceData` draws, so both paths see the same batches in the same order; a
 `DataLoader` with worker processes gathers each batch's rows on the host (whole batches at once,
 through ``__getitems__``), pinned when the device is a GPU, and the copy to the device does not
-block. Normalization and augmentation then run on the device, as on the resident path, with the
-same statistics (`search.tasks.data.channel_statistics`). On the CPU, with the same seed, the two
-paths train to the same weights.
+block. Preparation (`search.tasks.scaling`) and augmentation then run on the device, as on the
+resident path, with the same statistics. On the CPU, with the same seed, the two paths train to the
+same weights.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from search.tasks.data import carve, channel_statistics, crop_flip, normalize
+from search.contract import Inputs, map_inputs, rows_of
+from search.tasks.data import carve, crop_flip
 from search.tasks.registry import Split
+from search.tasks.scaling import InputScale, TargetScale, for_loss, for_metric
 
 
 def loader_workers() -> int:
@@ -31,19 +33,23 @@ def loader_workers() -> int:
 class _Rows(Dataset):
     """Rows ``index`` of host tensors; fetched a whole batch at a time."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
-        self.images, self.labels, self.index = images, labels, index
+    def __init__(self, inputs: Inputs, targets: torch.Tensor, index: torch.Tensor) -> None:
+        self.inputs, self.targets, self.index = inputs, targets, index
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, position: int) -> tuple[Inputs, torch.Tensor]:
         row = self.index[position]
-        return self.images[row], self.labels[row]
+        return rows_of(self.inputs, row), self.targets[row]
 
-    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, positions: list[int]) -> tuple[Inputs, torch.Tensor]:
         rows = self.index[torch.as_tensor(positions)]
-        return self.images[rows], self.labels[rows].to(torch.int64)
+        return rows_of(self.inputs, rows), self.targets[rows]
+
+    def gathered(self) -> tuple[Inputs, torch.Tensor]:
+        """Every row, in order, as new tensors."""
+        return self.__getitems__(list(range(len(self))))
 
 
 def _whole_batch(batch: Any) -> Any:
@@ -67,7 +73,7 @@ class _EpochOrder:
 
 
 class StreamingData:
-    """Training and validation rows on the host, normalized on the device batch by batch."""
+    """Training and validation rows on the host, prepared on the device batch by batch."""
 
     mode = "stream"
 
@@ -75,14 +81,15 @@ class StreamingData:
         self,
         train: _Rows,
         val: _Rows,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        inputs: InputScale,
+        targets: TargetScale | None,
         device: torch.device,
         augment: bool = False,
         workers: int | None = None,
     ) -> None:
         self.train, self.val = train, val
-        self.mean, self.std = mean.to(device), std.to(device)
+        self.inputs = inputs.to(device)
+        self.targets = None if targets is None else targets.to(device)
         self._device = device
         self.augment = augment
         self.workers = loader_workers() if workers is None else workers
@@ -99,22 +106,28 @@ class StreamingData:
         device: torch.device,
         augment: bool = False,
         val: Split | None = None,
+        normalize: bool | None = None,
+        regression: bool = False,
         workers: int | None = None,
     ) -> StreamingData:
         """As `DeviceData.from_split`: the same validation split, the same statistics."""
         if val is None:
-            train_idx, val_idx = carve(len(split.labels), val_fraction, seed)
-            train = _Rows(split.images, split.labels, train_idx)
-            held = _Rows(split.images, split.labels, val_idx)
+            train_idx, val_idx = carve(len(split), val_fraction, seed)
+            train = _Rows(split.inputs, split.targets, train_idx)
+            held = _Rows(split.inputs, split.targets, val_idx)
         else:
-            train = _Rows(split.images, split.labels, torch.arange(len(split.labels)))
-            held = _Rows(val.images, val.labels, torch.arange(len(val.labels)))
-        mean, std = channel_statistics(train.images, train.index)
-        return cls(train, held, mean, std, device, augment, workers)
+            train = _Rows(split.inputs, split.targets, torch.arange(len(split)))
+            held = _Rows(val.inputs, val.targets, torch.arange(len(val)))
+        inputs = InputScale.of(train.inputs, normalize, train.index)
+        targets = TargetScale.of(train.targets, train.index) if regression else None
+        return cls(train, held, inputs, targets, device, augment, workers)
 
-    def examples(self, n: int) -> torch.Tensor:
-        """The first ``n`` training inputs as the model sees them, on the CPU."""
-        return self._to_device(self.train.images[self.train.index[:n]]).cpu()
+    def examples(self, n: int) -> tuple[Inputs, torch.Tensor]:
+        """The first ``n`` training examples as the model and the loss see them, on the CPU."""
+        rows = self.train.index[:n]
+        x = map_inputs(lambda part: part.cpu(), self._to_device(rows_of(self.train.inputs, rows)))
+        y = for_loss(self.train.targets[rows].to(self.device), self.targets)
+        return x, y.cpu()
 
     @property
     def device(self) -> torch.device:
@@ -125,43 +138,45 @@ class StreamingData:
         return len(self.train)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self, batch_size: int, generator: torch.Generator, augment: bool = False
+    ) -> Iterator[tuple[Inputs, torch.Tensor]]:
         """One epoch of full batches in the resident path's seeded order."""
         order = torch.randperm(self.n_train, device=self.device, generator=generator)
         loader = self._train_loader(batch_size)
         self._sampler.order = order.cpu().tolist()
         for x, y in loader:
             x = self._to_device(x)
-            if self.augment:
+            if augment:
                 x = crop_flip(x, generator)
-            yield x, y.to(self.device, non_blocking=True)
+            yield x, for_loss(y.to(self.device, non_blocking=True), self.targets)
 
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
         yield from self._in_order(self.val, batch_size)
 
-    def split_batches(
-        self, split: Split, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Another split (the test set) in order, normalized as the training part was."""
+    def split_batches(self, split: Split, batch_size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        """Another split (the test set) in order, prepared as the training part was."""
         yield from self._in_order(
-            _Rows(split.images, split.labels, torch.arange(len(split.labels))), batch_size
+            _Rows(split.inputs, split.targets, torch.arange(len(split))), batch_size
         )
 
     def with_validation_in_training(self) -> StreamingData:
         """The validation rows added to training (to retrain a final model), same statistics."""
-        if self.train.images is self.val.images:
+        if self.train.inputs is self.val.inputs:
             train = _Rows(
-                self.train.images, self.train.labels, torch.cat([self.train.index, self.val.index])
+                self.train.inputs, self.train.targets, torch.cat([self.train.index, self.val.index])
             )
         else:  # separate tensors: gathered into one on the host
+            (train_x, train_y), (val_x, val_y) = self.train.gathered(), self.val.gathered()
+            joined = (
+                tuple(torch.cat([a, b]) for a, b in zip(train_x, val_x, strict=True))
+                if isinstance(train_x, tuple)
+                else torch.cat([train_x, val_x])
+            )
             train = _Rows(
-                torch.cat([self.train.images[self.train.index], self.val.images[self.val.index]]),
-                torch.cat([self.train.labels[self.train.index], self.val.labels[self.val.index]]),
-                torch.arange(len(self.train) + len(self.val)),
+                joined, torch.cat([train_y, val_y]), torch.arange(len(train_y) + len(val_y))
             )
         return StreamingData(
-            train, self.val, self.mean, self.std, self.device, self.augment, self.workers
+            train, self.val, self.inputs, self.targets, self.device, self.augment, self.workers
         )
 
     def _train_loader(self, batch_size: int) -> DataLoader:
@@ -180,14 +195,14 @@ class StreamingData:
             )
         return self._loader
 
-    def _in_order(
-        self, rows: _Rows, batch_size: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _in_order(self, rows: _Rows, batch_size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
         for start in range(0, len(rows), batch_size):
             x, y = rows.__getitems__(list(range(start, min(start + batch_size, len(rows)))))
             if self.device.type == "cuda":
-                x, y = x.pin_memory(), y.pin_memory()
-            yield self._to_device(x), y.to(self.device, non_blocking=True)
+                x, y = map_inputs(lambda part: part.pin_memory(), x), y.pin_memory()
+            yield self._to_device(x), for_metric(y.to(self.device, non_blocking=True))
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
+    def _to_device(self, x: Inputs) -> Inputs:
+        return self.inputs.apply(
+            map_inputs(lambda part: part.to(self.device, non_blocking=True), x)
+        )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from search.tasks.registry import Split, register_task
+from search.tasks.registry import DIGITS, Split, register_task
 
 
 def _random(shape: tuple[int, int, int], n: int, seed: int) -> Split:
@@ -23,7 +23,7 @@ def _random(shape: tuple[int, int, int], n: int, seed: int) -> Split:
     "synthetic-mnist",
     description="SYNTHETIC random images, 1x28x28, 60,000 train (speed runs only)",
     input_shape=(1, 28, 28),
-    num_classes=10,
+    classes=DIGITS,
     needs_data_dir=False,
 )
 def load_mnist_shaped(data_dir: Path, download: bool, train: bool) -> Split:
@@ -34,7 +34,7 @@ def load_mnist_shaped(data_dir: Path, download: bool, train: bool) -> Split:
     "synthetic-cifar",
     description="SYNTHETIC random images, 3x32x32, 50,000 train, crop+flip (speed runs only)",
     input_shape=(3, 32, 32),
-    num_classes=10,
+    classes=DIGITS,
     augment=True,
     needs_data_dir=False,
 )

@@ -16,36 +16,22 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from search.errors import SettingsError
+from search.trackers.base import Targets, Tracker, Trackers
 
 if TYPE_CHECKING:
-    import optuna
-    from optuna.trial import FrozenTrial
+    from search.study import Metric
 
-    from search.train import EpochResult
+__all__ = ["Targets", "Tracker", "Trackers", "open_trackers", "prepare", "resolve"]
 
 TRACKERS_ATTR = "search.trackers"  # the study's {"tensorboard": folder, "mlflow": URI}
 OFF = "none"  # either flag's value that stops writing there
 # What each tracker needs installed, and the extra that installs it.
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where a study's trials are tracked; None: not there. Resolved once, pickled into workers."""
-
-    tensorboard: str | None = None  # a folder: one run per trial in DIR/STUDY/trial-N
-    mlflow: str | None = None  # a tracking URI: a server's URL or sqlite:///FILE
-    mlflow_experiment: str | None = None  # the study's experiment and run, found or made once
-    mlflow_study_run: str | None = None
-
-    def stored(self) -> dict[str, str]:
-        """What the study records: the places, not the ids found in them."""
-        return {k: v for k, v in (("tensorboard", self.tensorboard), ("mlflow", self.mlflow)) if v}
 
 
 def resolve(stored: dict[str, Any] | None, tensorboard: Path | None, mlflow: str | None) -> Targets:
@@ -129,63 +115,24 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-class Tracker:
-    """One place a study's trials are written; every hook may be called from the trial loop only."""
+def open_trackers(
+    targets: Targets,
+    study: str,
+    metric: Metric | None = None,
+    echo: Callable[[str], None] = print,
+) -> Trackers:
+    """A worker's trackers on ``targets`` (none when it has none), logging the study's validation
+    ``metric`` (accuracy by default) as ``val_NAME``."""
+    from search.study import Metric
 
-    def started(self, number: int, params: dict[str, Any], previous: int | None) -> None:
-        """Trial ``number`` has its params; ``previous`` is the trial it retries, if any."""
-
-    def reported(self, number: int, result: EpochResult) -> None:
-        """Trial ``number`` reported ``result`` (one per report: ``result.step`` counts them)."""
-
-    def finished(self, trial: FrozenTrial) -> None:
-        """The trial was told: complete, pruned or failed."""
-
-    def close(self) -> None:
-        """Write out what is left; called once, when the worker stops."""
-
-
-class Trackers(Tracker):
-    """Every tracker of a worker as one, and the Optuna callback that tells them a trial ended."""
-
-    def __init__(self, trackers: list[Tracker]) -> None:
-        self.trackers = trackers
-
-    def started(self, number: int, params: dict[str, Any], previous: int | None) -> None:
-        for tracker in self.trackers:
-            tracker.started(number, params, previous)
-
-    def reported(self, number: int, result: EpochResult) -> None:
-        for tracker in self.trackers:
-            tracker.reported(number, result)
-
-    def finished(self, trial: FrozenTrial) -> None:
-        for tracker in self.trackers:
-            tracker.finished(trial)
-
-    def __call__(self, _study: optuna.Study, trial: FrozenTrial) -> None:
-        self.finished(trial)
-
-    def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-def open_trackers(targets: Targets, study: str, echo: Callable[[str], None] = print) -> Trackers:
-    """A worker's trackers on ``targets`` (none when it has none)."""
+    metric = metric or Metric()
     trackers: list[Tracker] = []
     if targets.tensorboard:
         from search.trackers.tensorboard import TensorBoardTracker
 
-        trackers.append(TensorBoardTracker(Path(targets.tensorboard) / study))
+        trackers.append(TensorBoardTracker(Path(targets.tensorboard) / study, metric))
     if targets.mlflow:
         from search.trackers.mlflow import MlflowTracker
 
-        trackers.append(MlflowTracker(targets, study, echo))
+        trackers.append(MlflowTracker(targets, study, echo, metric))
     return Trackers(trackers)

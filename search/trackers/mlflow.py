@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from search import study as studies
 from search.errors import SettingsError
-from search.study import trial_attrs
-from search.trackers import Targets, Tracker
+from search.study import Metric, trial_attrs
 from search.trackers.background import Background, Item
+from search.trackers.base import Targets, Tracker
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
     from optuna.trial import FrozenTrial
 
-    from search.train import EpochResult
+    from search.contract import EpochResult
 
 # A server that does not answer should cost seconds, not MLflow's minutes of retries; and the
 # client should not print a link to every run it ends. A user's own settings win.
@@ -136,7 +136,7 @@ def log_export(
     uri: str, study: str, storage: str, uid: str | None, out: Path, metrics: dict[str, Any]
 ) -> tuple[str, str | None]:
     """Log an exported model as a run of the study's experiment (nested under the study's run when
-    there is one): its params, test and validation accuracy, every file it wrote (under
+    there is one): its params, test and validation metric, every file it wrote (under
     ``files/``) and its TorchScript as an MLflow model. The run's id and the model's URI.
 
     Raises:
@@ -155,9 +155,10 @@ def log_export(
             experiment_id, run_name=f"export-trial-{metrics['trial']}", tags=tags
         ).info.run_id
         now = _millis()
+        metric = metrics.get("metric", "accuracy")
         values = {
             name: float(metrics[name])
-            for name in ("test_accuracy", "val_accuracy", "trial_val_accuracy", "seconds")
+            for name in (f"test_{metric}", f"val_{metric}", f"trial_val_{metric}", "seconds")
             if isinstance(metrics.get(name), int | float)
         }
         params = {
@@ -227,8 +228,11 @@ def end_study_run(targets: Targets, complete: bool) -> None:
 class MlflowTracker(Tracker):
     """A worker's trials as nested runs of the study's run."""
 
-    def __init__(self, targets: Targets, study: str, echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, targets: Targets, study: str, echo: Callable[[str], None], metric: Metric
+    ) -> None:
         assert targets.mlflow and targets.mlflow_experiment and targets.mlflow_study_run
+        self.metric = metric
         self.uri = targets.mlflow
         self.experiment = targets.mlflow_experiment
         self.study_run = targets.mlflow_study_run
@@ -288,7 +292,7 @@ class MlflowTracker(Tracker):
     def reported(self, number: int, result: EpochResult) -> None:
         now, step = _millis(), result.step
         values = {
-            "val_accuracy": result.val_accuracy,
+            f"val_{self.metric.name}": result.value,
             "train_loss": result.train_loss,
             "images_per_second": result.images_per_second,
             "epoch": float(result.epoch),

@@ -2,11 +2,12 @@
 summary per trial, written with PyTorch's `SummaryWriter` and TensorBoard's own HParams protos.
 
 A run's step is the trial's report: with k reports per epoch, step k is the end of epoch 1 (the
-``epoch`` scalar says which epoch each step is). The HParams summary is written when the trial
-ends, so that its params sit beside its state (COMPLETE, PRUNED or FAIL), its reason and its best
-accuracy: TensorBoard's HParams table and parallel-coordinates views compare the trials on them,
-and running trials show their scalars meanwhile. TensorBoard works out each param's domain from the
-trials themselves, so conditional params (sampled by some trials only) need no declaring.
+``epoch`` scalar says which epoch each step is). The study's metric is logged as ``val_NAME``
+(``val_accuracy``, ``val_rmse`` ...). The HParams summary is written when the trial ends, so that
+its params sit beside its state (COMPLETE, PRUNED or FAIL), its reason and its best value:
+TensorBoard's HParams table and parallel-coordinates views compare the trials on them, and running
+trials show their scalars meanwhile. TensorBoard works out each param's domain from the trials
+themselves, so conditional params (sampled by some trials only) need no declaring.
 """
 
 from __future__ import annotations
@@ -18,20 +19,21 @@ from typing import TYPE_CHECKING, Any
 from tensorboard.plugins.hparams import summary_v2
 from torch.utils.tensorboard import SummaryWriter
 
-from search.study import trial_attrs
-from search.trackers import Tracker
+from search.study import Metric, trial_attrs
+from search.trackers.base import Tracker
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from search.train import EpochResult
+    from search.contract import EpochResult
 
 
 class TensorBoardTracker(Tracker):
     """Writes a study's trials under ``folder`` (DIR/STUDY), one run folder each."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, metric: Metric) -> None:
         self.folder = folder
+        self.metric = metric
         self._writers: dict[int, SummaryWriter] = {}
         self._started: dict[int, tuple[float, int | None, int]] = {}  # time, retry of, last step
 
@@ -47,7 +49,7 @@ class TensorBoardTracker(Tracker):
         if writer is None:
             return
         step = result.step
-        writer.add_scalar("val_accuracy", result.val_accuracy, step)
+        writer.add_scalar(f"val_{self.metric.name}", result.value, step)
         writer.add_scalar("train_loss", result.train_loss, step)
         writer.add_scalar("images_per_second", result.images_per_second, step)
         writer.add_scalar("epoch", result.epoch, step)
@@ -61,10 +63,13 @@ class TensorBoardTracker(Tracker):
             return  # it never started training (a surplus trial), or ran in another process
         start, previous, last_step = self._started.pop(trial.number)
         attrs = trial_attrs(trial)
-        reports = trial.intermediate_values.values()
-        best = trial.values[0] if trial.values else max(reports, default=None)
+        best = (
+            trial.values[0]
+            if trial.values
+            else self.metric.best(trial.intermediate_values.values())
+        )
         if best is not None:
-            writer.add_scalar("best_val_accuracy", best, last_step)
+            writer.add_scalar(f"best_val_{self.metric.name}", best, last_step)
         writer.add_scalar("seconds", attrs.get("seconds", 0.0), last_step)
         hparams: dict[str, Any] = {**trial.params, "state": trial.state.name}
         reason = trial.user_attrs.get("fail_reason") or (

@@ -19,11 +19,11 @@ from .formats import write_cifar10, write_mnist
 def test_digits_train_and_test_splits_are_disjoint_and_fixed() -> None:
     task = tasks.get("digits")
     train, test = task.load(None, False, True), task.load(None, False, False)
-    assert train.images.shape[1:] == task.input_shape == (1, 8, 8)
-    assert len(train.labels) + len(test.labels) == 1797
-    assert len(test.labels) == round(1797 * 0.2)
-    assert torch.equal(task.load(None, False, False).images, test.images)
-    assert set(train.labels.tolist()) == set(range(10))
+    assert train.inputs.shape[1:] == task.input_shape == (1, 8, 8)
+    assert len(train.targets) + len(test.targets) == 1797
+    assert len(test.targets) == round(1797 * 0.2)
+    assert torch.equal(task.load(None, False, False).inputs, test.inputs)
+    assert set(train.targets.tolist()) == set(range(10))
 
 
 def test_digits_are_scikit_learns_own() -> None:
@@ -42,15 +42,15 @@ def test_mnist1d_is_the_standard_generated_dataset() -> None:
     train, test = task.load(None, False, True), task.load(None, False, False)
     # The generator seeds numpy's global state itself; ours is left as it was.
     assert np.array_equal(np.random.get_state()[1], numpy_state)
-    assert train.images.shape == (4000, *task.input_shape) == (4000, 1, 1, 40)
-    assert test.images.shape == (1000, 1, 1, 40)
-    assert torch.bincount(train.labels, minlength=10).min() > 300  # all ten digits, balanced
+    assert train.inputs.shape == (4000, *task.input_shape) == (4000, 1, 1, 40)
+    assert test.inputs.shape == (1000, 1, 1, 40)
+    assert torch.bincount(train.targets, minlength=10).min() > 300  # all ten digits, balanced
     # Deterministic: make_dataset's own seed (42), independent of anything we seed.
     from mnist1d.data import get_dataset_args, make_dataset
 
     reference = make_dataset(get_dataset_args())
-    assert np.allclose(test.images[:, 0, 0].numpy(), reference["x_test"], atol=1e-6)
-    assert np.array_equal(test.labels.numpy(), reference["y_test"])
+    assert np.allclose(test.inputs[:, 0, 0].numpy(), reference["x_test"], atol=1e-6)
+    assert np.array_equal(test.targets.numpy(), reference["y_test"])
 
 
 @pytest.mark.parametrize(
@@ -62,10 +62,10 @@ def test_mnist_style_loader_reads_idx_files(
     images, labels = write_mnist(tmp_path, class_name, n_train=50, n_test=20)
     task = tasks.get(task_name)
     train = task.load(tmp_path, False, True)
-    assert train.images.shape == (50, 1, 28, 28) and train.images.dtype == torch.uint8
-    assert torch.equal(train.images[:, 0], torch.from_numpy(images.astype(np.uint8)))
-    assert torch.equal(train.labels, torch.from_numpy(labels).long())
-    assert len(task.load(tmp_path, False, False).labels) == 20
+    assert train.inputs.shape == (50, 1, 28, 28) and train.inputs.dtype == torch.uint8
+    assert torch.equal(train.inputs[:, 0], torch.from_numpy(images.astype(np.uint8)))
+    assert torch.equal(train.targets, torch.from_numpy(labels).long())
+    assert len(task.load(tmp_path, False, False).targets) == 20
 
 
 def test_missing_mnist_lists_the_files_and_how_to_get_them(tmp_path: Path) -> None:
@@ -102,12 +102,16 @@ def test_cifar10_loader_reads_the_python_pickles(tmp_path: Path, cifar_checksums
     cifar_checksums(write_cifar10(tmp_path, per_batch=8))
     task = tasks.get("cifar10")
     train = task.load(tmp_path, False, True)
-    assert train.images.shape == (40, 3, 32, 32) and task.augment
+    assert train.inputs.shape == (40, 3, 32, 32) and task.augment
     first = pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())
     # Rows are stored channel-major (1024 red, 1024 green, 1024 blue): the loader keeps NCHW.
-    assert torch.equal(train.images[0], torch.from_numpy(first["data"][0].reshape(3, 32, 32)))
-    assert train.labels[:8].tolist() == first["labels"]
-    assert len(task.load(tmp_path, False, False).labels) == 8
+    assert torch.equal(train.inputs[0], torch.from_numpy(first["data"][0].reshape(3, 32, 32)))
+    assert train.targets[:8].tolist() == first["labels"]
+    assert len(task.load(tmp_path, False, False).targets) == 8
+    # The class names the task records for export are the ones torchvision reads from the meta.
+    from torchvision.datasets import CIFAR10
+
+    assert task.classes == tuple(CIFAR10(str(tmp_path), train=False).classes)
 
 
 def test_corrupt_or_missing_cifar10_is_named(tmp_path: Path, cifar_checksums) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tasks.formats import digits, write_image_folder, write_png
 
 from search.errors import TaskError
 from search.tasks import user_data
+from tasks.formats import digits, write_image_folder, write_png
 
 
 def _read(text: str, base: Path, image_size=None, test_fraction: float = 0.1):
@@ -29,17 +29,17 @@ def test_a_plain_image_folder_keeps_its_pixels_and_holds_out_a_fixed_test_split(
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
     assert data.classes == tuple(str(i) for i in range(10))
     assert data.val is None
-    assert len(data.train.labels) == 180 and len(data.test.labels) == 20
+    assert len(data.train.targets) == 180 and len(data.test.targets) == 20
     assert data.fingerprint["test"] == "held out"
     # Lossless PNGs: every image read back is one that was written, with its own label.
     written = {bytes(image.numpy()): int(label) for image, label in zip(images, labels)}
     for split in (data.train, data.test):
-        for image, label in zip(split.images, split.labels):
+        for image, label in zip(split.inputs, split.targets):
             assert written[bytes(image.numpy())] == int(label)
-    assert data.train.images.dtype == torch.uint8
+    assert data.train.inputs.dtype == torch.uint8
     # The held-out split is the same every time (seed 0), whatever the study.
     again = _read("pngs", tmp_path / "pngs" / "..")
-    assert torch.equal(again.test.images, data.test.images)
+    assert torch.equal(again.test.inputs, data.test.inputs)
 
 
 def test_train_val_test_folders_in_colour_and_two_sizes_resized(tmp_path) -> None:
@@ -53,11 +53,11 @@ def test_train_val_test_folders_in_colour_and_two_sizes_resized(tmp_path) -> Non
     data = _read("flowers", tmp_path, image_size=(10, 10))
     assert data.input_shape == (3, 10, 10)
     assert data.classes == names
-    assert [len(s.labels) for s in (data.train, data.val, data.test)] == [80, 20, 20]
+    assert [len(s.targets) for s in (data.train, data.val, data.test)] == [80, 20, 20]
     assert data.fingerprint["test"] == "own"
-    assert sorted(data.val.labels.tolist()) == sorted(labels[80:100].tolist())
+    assert sorted(data.val.targets.tolist()) == sorted(labels[80:100].tolist())
     # Colour kept: the blue channel was empty when written, red and green were not.
-    assert data.train.images[:, 2].max() == 0 and data.train.images[:, 0].max() > 0
+    assert data.train.inputs[:, 2].max() == 0 and data.train.inputs[:, 0].max() > 0
 
     with pytest.raises(TaskError, match=r"images of different sizes: .* set task.image_size"):
         _read("flowers", tmp_path)
@@ -73,7 +73,7 @@ def test_grayscale_and_colour_images_in_one_folder_read_as_colour(tmp_path) -> N
     data = _read("mixed", tmp_path, test_fraction=0.2)
     assert data.input_shape == (3, 8, 8)
     # A grayscale image becomes three equal channels.
-    everything = torch.cat([data.train.images, data.test.images])
+    everything = torch.cat([data.train.inputs, data.test.inputs])
     assert any(torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]) for x in everything)
 
 
@@ -90,9 +90,9 @@ def test_an_npz_in_keras_convention_gets_a_channel_and_keeps_its_validation_spli
     )
     data = _read("digits.npz", tmp_path)
     assert data.input_shape == (1, 8, 8)
-    assert torch.equal(data.train.images, images[:200])
-    assert torch.equal(data.val.labels, labels[200:250])
-    assert torch.equal(data.test.labels, labels[250:])
+    assert torch.equal(data.train.inputs, images[:200])
+    assert torch.equal(data.val.targets, labels[200:250])
+    assert torch.equal(data.test.targets, labels[250:])
 
 
 def test_a_pt_dict_of_features_or_sequences(tmp_path) -> None:
@@ -102,7 +102,7 @@ def test_a_pt_dict_of_features_or_sequences(tmp_path) -> None:
     torch.save({"x_train": features, "y_train": labels}, tmp_path / "table.pt")
     data = _read("table.pt", tmp_path)
     assert data.input_shape == (6,) and data.num_classes == 3
-    assert data.train.images.dtype == torch.float32
+    assert data.train.inputs.dtype == torch.float32
 
     sequences = torch.randn(60, 2, 16, generator=generator)
     torch.save(
@@ -116,7 +116,7 @@ def test_a_pt_dict_of_features_or_sequences(tmp_path) -> None:
     )
     data = _read("signals.pt", tmp_path)
     assert data.input_shape == (2, 16)  # N×C×L float: sequences, not images
-    assert torch.equal(data.test.images, sequences[50:])
+    assert torch.equal(data.test.inputs, sequences[50:])
 
 
 def test_loaders_returning_tensors_or_a_dataset(tmp_path) -> None:
@@ -145,12 +145,12 @@ def test_loaders_returning_tensors_or_a_dataset(tmp_path) -> None:
     )
     data = _read("load_digits_data.py:arrays", tmp_path)
     assert data.input_shape == (1, 8, 8)
-    assert (len(data.train.labels), len(data.test.labels)) == (300, 100)
+    assert (len(data.train.targets), len(data.test.targets)) == (300, 100)
     assert data.fingerprint["kind"] == "loader"
 
     data = _read("load_digits_data.py:dataset", tmp_path)
     assert data.input_shape == (8, 8)  # float N×H×W: a sequence of 8 rows of 8 values
-    assert (len(data.train.labels), len(data.test.labels)) == (225, 25)  # 10 % held out
+    assert (len(data.train.targets), len(data.test.targets)) == (225, 25)  # 10 % held out
 
 
 def test_a_second_read_comes_from_the_cache_without_decoding(tmp_path) -> None:
@@ -167,7 +167,7 @@ def test_a_second_read_comes_from_the_cache_without_decoding(tmp_path) -> None:
     victim.write_bytes(b"\0" * stat.st_size)
     os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     second = _read("pngs", tmp_path)
-    assert torch.equal(second.train.images, first.train.images)
+    assert torch.equal(second.train.inputs, first.train.inputs)
     assert second.fingerprint == first.fingerprint
 
     # A new modification time changes the key: the folder is read again, and the file is bad.
@@ -239,8 +239,9 @@ def test_bad_folders_say_what_is_wrong(tmp_path, make, text: str, says: str) -> 
         ({"x": np.zeros((4, 2))}, "data.npz has no x_train (its keys: x)"),
         ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(3, int)}, "4 inputs but 3 labels"),
         (
-            {"x_train": np.zeros((4, 2)), "y_train": np.zeros(4)},
-            "labels must be integers 0..K-1, got float64",
+            {"x_train": np.zeros((4, 2)), "y_train": np.array([0.5, 1.25, 3.0, 0.75])},
+            "labels are floats with 4 distinct values (0.5, 0.75, 1.25, ...); for a regression "
+            'target, set task.kind = "regression"',
         ),
         ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, -1, 1])}, "got -1"),
         ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 2, 2, 0])}, "but 1 never occurs"),
@@ -270,4 +271,4 @@ def test_an_unreadable_cache_entry_is_decoded_again_and_replaced(tmp_path) -> No
         user_data.open_cached(first.cache)
     again = _read("pngs", tmp_path)
     assert again.cache == first.cache
-    assert torch.equal(again.train.images, user_data.open_cached(first.cache).train.images)
+    assert torch.equal(again.train.inputs, user_data.open_cached(first.cache).train.inputs)
