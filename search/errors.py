@@ -28,6 +28,12 @@ class SettingsError(SearchError):
     """A command-line setting is out of range or conflicts with the study it resumes."""
 
 
+class TrialError(SearchError):
+    """A trial raised an error that says nothing about its configuration (the user's model, loss
+    or metric failed on data the check before the study did not reach): the run stops at once,
+    naming the trial and the line where it failed; finished trials are kept."""
+
+
 class TrialFailure(Exception):
     """A trial failed because of its configuration; it counts towards the study's target.
 

@@ -43,7 +43,7 @@ from search import references, retrain, runner, spaces, trackers
 from search import study as studies
 from search.contract import Inputs, map_inputs
 from search.errors import SettingsError, StorageError
-from search.exported import USAGE_FILE, Prepared, load_model, raw_dtype
+from search.exported import AS_INTEGERS, USAGE_FILE, Prepared, load_model, raw_dtype
 from search.tasks import Task, placement, resolve
 from search.train import pick_device
 
@@ -137,7 +137,8 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         data = data.with_validation_in_training()
     seed = studies.trial_attrs(trial).get("seed", studies.trial_seed(stored["seed"], trial.number))
     echo(
-        f"retraining trial {trial.number} of {settings.study} for {epochs} epochs on {device}"
+        f"retraining trial {trial.number} of {settings.study} for {epochs} "
+        f"epoch{'s' if epochs != 1 else ''} on {device}"
         + (" (train + validation)" if settings.full_train else "")
     )
     start = time.perf_counter()
@@ -244,6 +245,7 @@ def usage_record(task: Task, model: Prepared, test: Any) -> dict[str, Any]:
                 "name": name,
                 "dtype": str(x.dtype).removeprefix("torch."),
                 "shape": list(x.shape[1:]),
+                "range": [_number(x.min()), _number(x.max())],  # the scale it takes, as seen
                 "prepared": how,
             }
             for name, x, how in zip(names, parts, model.preparation, strict=True)
@@ -254,6 +256,10 @@ def usage_record(task: Task, model: Prepared, test: Any) -> dict[str, Any]:
         "image": data.get("image"),
         "preparation": "inside the model: give it inputs as the data holds them",
     }
+
+
+def _number(value: torch.Tensor) -> float | int:
+    return value.item() if not value.is_floating_point() else round(float(value), 6)
 
 
 def _write(
@@ -326,7 +332,7 @@ def _torchscript(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -
 def onnx_names(model: Prepared, count: int) -> tuple[list[str], str]:
     """The ONNX graph's input names (``images`` for one input of images) and output name."""
     if count == 1:
-        inputs = ["images" if model.preparation[0] != "as integers" else "inputs"]
+        inputs = ["images" if model.preparation[0] != AS_INTEGERS else "inputs"]
     else:
         inputs = [f"input{i}" for i in range(count)]
     return inputs, "predictions" if model.regression else "logits"

@@ -105,9 +105,10 @@ def raw_dtype(how: str) -> torch.dtype:
     return torch.int64 if how == AS_INTEGERS else torch.float32
 
 
-def usage(folder: Path) -> dict[str, Any]:
+def usage(folder: Path | str) -> dict[str, Any]:
     """``model.json``, or what an export from before it recorded (``metrics.json``): images or
     features of one input, standardized, classified."""
+    folder = Path(folder)
     path = folder / USAGE_FILE
     if path.is_file():
         return json.loads(path.read_text())
@@ -132,9 +133,10 @@ def usage(folder: Path) -> dict[str, Any]:
     }
 
 
-def load_model(folder: Path) -> Prepared:
+def load_model(folder: Path | str) -> Prepared:
     """The model saved in ``folder/model.pt``, rebuilt by its factory from the folder's
     ``config.toml`` (model, fixed params) and ``model.json`` (inputs, outputs)."""
+    folder = Path(folder)
     config = tomllib.loads((folder / "config.toml").read_text())
     used = usage(folder)
     params = {name: spec["choices"][0] for name, spec in config["params"].items()}

@@ -28,7 +28,8 @@ import torch
 from search.checkpoint import FileCheckpoint
 from search.contract import EpochResult, Hyperparameters, TrainingData
 from search.dashboard import save_trial_note, trial_note
-from search.errors import OutOfMemory, TrialFailure
+from search.errors import OutOfMemory, SearchError, TrialError, TrialFailure
+from search.references import failure_line
 from search.spaces import Space
 from search.study import TRIAL_ATTR, original_number, retried_from, trial_attrs, trial_seed
 from search.tasks import Task
@@ -160,7 +161,14 @@ class Objective:
         except Exception as error:
             attrs.update(fail_reason="error", fail_detail=f"{type(error).__name__}: {error}")
             outcome = f"failed: {attrs['fail_detail']}"
-            raise
+            if isinstance(error, SearchError):
+                raise  # already one line that says what to do (a full disk, a bad checkpoint)
+            # One line that says which trial and where (the user's code, most often); the cause
+            # stays chained, so that a storage that stopped answering is still retried as such.
+            raise TrialError(
+                f"trial {trial.number} raised {failure_line(error)}; the study keeps its "
+                "finished trials (--debug shows the traceback)"
+            ) from error
         else:
             best = scoring.best([r.value for r in history])
             outcome = f"complete: best val {scoring.metric_name} {best:.4f}"

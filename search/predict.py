@@ -55,10 +55,13 @@ class Predictions:
         if self.kind == "classification":
             probabilities = torch.softmax(self.outputs.float(), dim=1)
             best, index = probabilities.max(dim=1)
+            # Outputs N×K×...: a class per position, in row-major order, and their mean
+            # probability.
+            index, best = index.reshape(len(index), -1), best.reshape(len(best), -1)
             rows = [["input", "prediction", "probability"]]
-            for name, i, p in zip(self.names, index.tolist(), best.tolist(), strict=True):
-                label = self.classes[i] if i < len(self.classes) else str(i)
-                rows.append([name, label, f"{p:.4f}"])
+            for name, row, chances in zip(self.names, index.tolist(), best, strict=True):
+                labels = [self.classes[i] if i < len(self.classes) else str(i) for i in row]
+                rows.append([name, " ".join(labels), f"{float(chances.mean()):.4f}"])
             return rows
         values = self.outputs.reshape(len(self.names), -1)
         columns = values.shape[1]
@@ -74,13 +77,14 @@ class Predictions:
         return out.getvalue()
 
 
-def predict(model_dir: Path, source: Path, device: str = "cpu") -> Predictions:
+def predict(model_dir: Path | str, source: Path | str, device: str = "cpu") -> Predictions:
     """Score ``source`` with the model exported to ``model_dir``.
 
     Raises:
         SettingsError: the folder is not an export, or the input is missing, of another shape
             or dtype than the model takes, or holds NaN or infinite values.
     """
+    model_dir, source = Path(model_dir), Path(source)
     if not (model_dir / "model.pt").is_file() or not (model_dir / "config.toml").is_file():
         raise SettingsError(
             f"{model_dir}: not a model folder (no model.pt and config.toml); make one with "
@@ -137,9 +141,10 @@ def _images(
 ) -> tuple[list[str], list[torch.Tensor], torch.Tensor | None]:
     """Images decoded as the study decoded its folder; labels where class folders name them."""
     specs = used["inputs"]
-    if len(specs) != 1 or len(specs[0]["shape"]) != 3:
+    if len(specs) != 1 or len(specs[0]["shape"]) != 3 or specs[0]["dtype"] != "uint8":
         raise SettingsError(
-            f"{source}: this model takes {_described(specs)}, not images; give a .npz or .pt file"
+            f"{source}: this model takes {_described(specs)}, not 8-bit images; give a .npz or "
+            ".pt file of such inputs"
         )
     channels, height, width = specs[0]["shape"]
     image = used.get("image") or {}
@@ -230,9 +235,10 @@ def _checked(x: torch.Tensor, spec: dict[str, Any], where: str) -> torch.Tensor:
     if x.is_floating_point():
         bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
         if bool(bad.any()):
+            count = int(bad.sum())
             raise SettingsError(
-                f"{where}: {int(bad.sum())} rows hold NaN or infinite values (the first: row "
-                f"{int(bad.nonzero()[0])})"
+                f"{where}: {count} row{'s hold' if count != 1 else ' holds'} NaN or infinite "
+                f"values (the first: row {int(bad.nonzero()[0])})"
             )
     return x.to(raw_dtype(spec["prepared"]))
 
@@ -257,12 +263,19 @@ def _labels(value: Any, used: dict[str, Any], where: str, n: int) -> torch.Tenso
 
 
 def _described(specs: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{s['name']} {'×'.join(map(str, s['shape']))} {s['dtype']}" for s in specs)
+    shown = []
+    for spec in specs:
+        text = f"{spec['name']} {'×'.join(map(str, spec['shape']))} {spec['dtype']}"
+        if spec.get("range"):
+            text += f" (values {spec['range'][0]:g} to {spec['range'][1]:g})"
+        shown.append(text)
+    return ", ".join(shown)
 
 
 def summary(predictions: Predictions) -> str:
     """One line: how many predictions, and the metric where labels were given."""
-    line = f"{len(predictions.names)} predictions"
+    count = len(predictions.names)
+    line = f"{count} prediction{'s' if count != 1 else ''}"
     if predictions.value is not None and not math.isnan(predictions.value):
         line += f"; {predictions.metric} {predictions.value:.4f} on {predictions.labelled} labelled"
     return line

@@ -208,7 +208,9 @@ def _study_sections(facts: Facts, heading: bool) -> str:
     parts.append(
         section("Timeline", "When each trial ran, and how it ended.", [charts.timeline(study)])
     )
-    parts.append(section("All trials", "Click a column heading to sort.", [], _trial_table(trials)))
+    parts.append(
+        section("All trials", "Click a column heading to sort.", [], _trial_table(trials, metric))
+    )
     return "\n".join(parts)
 
 
@@ -302,9 +304,9 @@ def _summary(facts: Facts) -> str:
     return f"<table class='summary'>{cells}</table>"
 
 
-def _trial_table(trials: list[FrozenTrial]) -> str:
+def _trial_table(trials: list[FrozenTrial], metric: studies.Metric) -> str:
     param_names = sorted({name for t in trials for name in t.params})
-    head = ["#", "state", "value", *param_names, "epochs", "seconds", "reason"]
+    head = ["#", "state", f"val {metric.name}", *param_names, "epochs", "seconds", "reason"]
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         attrs = studies.trial_attrs(t)

@@ -10,7 +10,6 @@ study is created or changed, so bad input never leaves a half-made study behind.
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 import uuid
@@ -216,7 +215,12 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
             targets,
             name,
             {
-                "settings": fixed,
+                "settings": {
+                    **fixed,
+                    "kind": space.scoring.kind,
+                    "metric": space.scoring.metric_name,
+                    "direction": space.scoring.direction,
+                },
                 "space": space.data.get("params", {}),
                 "environment": studies.environment(device),
                 "storage": url,
@@ -398,19 +402,8 @@ def _no_such_study(
     name: str, url: str, given: str | None, storage: optuna.storages.BaseStorage | None
 ) -> str:
     """A ``--study`` that names no study, with no ``--space`` to create it from: what is there."""
-    if given is not None or storage is not None:
-        found = [] if storage is None else studies.study_names(storage)
-        where = studies.describe(url)
-    else:  # the default storage of a name that has none: the studies beside it
-        found = [Path(u.removeprefix("sqlite:///")).stem for u in studies.local_urls()]
-        where = f"{studies.STUDIES_DIR}/"
-    close = difflib.get_close_matches(name, found, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    listing = ", ".join(found) if found else "none"
-    return (
-        f"--study {name}: no such study in {where} (it has: {listing}); {hint}"
-        "pass --space SPACE to create it"
-    )
+    found = studies.no_such_study(name, url, storage if given is not None else None)
+    return f"--study {name}: {found}; pass --space SPACE to create it"
 
 
 def _load_existing(

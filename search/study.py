@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import fcntl
 import math
 import os
@@ -611,10 +612,23 @@ def local_urls() -> list[str]:
 
 def load_existing(name: str, url: str) -> optuna.Study:
     """A study that must already exist; `StorageError` naming the studies there otherwise."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists() and url == default_url(name):
+        raise StorageError(no_such_study(name, url))
     storage = open_storage(url, create=False)
-    names = study_names(storage)
-    if name not in names:
-        raise StorageError(
-            f"no study {name!r} in {describe(url)}; it has: {', '.join(names) or 'no studies'}"
-        )
+    if name not in study_names(storage):
+        raise StorageError(no_such_study(name, url, storage))
     return optuna.load_study(storage=storage, study_name=name)
+
+
+def no_such_study(name: str, url: str, storage: optuna.storages.BaseStorage | None = None) -> str:
+    """That no study ``name`` is at ``url``: the studies that are (in ``storage``, or, for a
+    name's own default file that does not exist, the files beside it), and the closest."""
+    if storage is not None:
+        found, where = study_names(storage), describe(url)
+    else:
+        found = [Path(u.removeprefix("sqlite:///")).stem for u in local_urls()]
+        where = f"{STUDIES_DIR}/"
+    close = difflib.get_close_matches(name, found, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"no study {name!r} in {where} (it has: {', '.join(found) or 'none'}{hint})"

@@ -109,7 +109,7 @@ def show(study: optuna.Study, url: str) -> str:
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
     lines.append(
         f"        {studies.epochs_text(attrs.get('epochs_run'))} epochs, {seconds:.1f} s, "
-        f"{max(throughput):,.0f} images/s, {attrs.get('param_count', 0):,} parameters"
+        f"{max(throughput):,.0f} examples/s, {attrs.get('param_count', 0):,} parameters"
     )
     return "\n".join(lines)
 

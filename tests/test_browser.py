@@ -101,8 +101,8 @@ def test_report_renders_every_chart_without_errors(browser, study_dir: Path) -> 
         assert chart["width"] > 300 and chart["height"] > 300, chart
     assert page.locator("table.trials tbody tr").count() == 8
 
-    # Sorting the table by value, descending, puts the best trial first.
-    header = page.locator("table.trials th", has_text="value")
+    # Sorting the table by the metric, descending, puts the best trial first.
+    header = page.locator("table.trials th", has_text="val accuracy")
     header.click()
     header.click()
     values = page.locator("table.trials tbody tr td:nth-child(3)").all_inner_texts()

@@ -199,7 +199,7 @@ def test_a_file_that_is_not_a_database_is_left_alone(cli, tmp_path) -> None:
 
 
 def test_show_and_list_of_missing_studies(cli, tmp_path) -> None:
-    _one_error_line(cli("show", "ghost"), "no study database at studies/ghost.db")
+    _one_error_line(cli("show", "ghost"), "no study 'ghost' in studies/ (it has: ")
     assert _no_study_files(tmp_path)
     listing = cli("list")
     assert listing.returncode == 0 and "no studies in studies" in listing.stdout

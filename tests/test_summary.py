@@ -48,7 +48,7 @@ def test_costs_read_the_same_written_as_one_attr_or_key_by_key(tmp_path) -> None
     study, url = _study(tmp_path)
     study.add_trial(_trial(0.9, COSTS))  # a study recorded before costs were one attr
     old = summary.show(study, url)
-    assert "4 epochs, 1.5 s, 1,200 images/s, 321 parameters" in old
+    assert "4 epochs, 1.5 s, 1,200 examples/s, 321 parameters" in old
     assert "tie" not in old
     newer, url = _study(tmp_path, "newer")
     newer.add_trial(_trial(0.9, {studies.TRIAL_ATTR: COSTS}))

@@ -88,11 +88,13 @@ import torch.nn.functional as F
 
 
 def pixel_loss(output, target):
-    return F.cross_entropy(output, target)
+    return F.cross_entropy(output, target, ignore_index=-1)
 
 
 def pixel_accuracy(output, target):
-    return (output.argmax(1) == target).float().mean(dim=(1, 2))  # one value per image
+    counted = target >= 0  # -1: a pixel nobody labelled
+    hits = ((output.argmax(1) == target) & counted).sum(dim=(1, 2))
+    return hits / counted.sum(dim=(1, 2))  # one value per image
 """
 
 
@@ -345,10 +347,19 @@ def test_a_regression_from_run_to_resume_report_best_export_predict_and_bench(
 
 
 def test_a_per_pixel_task_with_the_users_own_loss_and_metric(cli, tmp_path) -> None:
-    images, _ = digits(300)
+    images, _ = digits(360)
     pixels = images.float() / 255
     labels = (pixels[:, 0] > 0.5).long() + (pixels[:, 0] > 0.8).long()  # 3 classes a pixel
-    torch.save({"x_train": pixels, "y_train": labels}, tmp_path / "pixels.pt")
+    labels[:, 0, :] = -1  # the top row unlabelled: the user's loss and metric ignore it
+    torch.save(
+        {
+            "x_train": pixels[:300],
+            "y_train": labels[:300],
+            "x_test": pixels[300:],
+            "y_test": labels[300:],
+        },
+        tmp_path / "pixels.pt",
+    )
     space = _space(
         "pixels.pt",
         "net.py:build",
@@ -366,13 +377,43 @@ def test_a_per_pixel_task_with_the_users_own_loss_and_metric(cli, tmp_path) -> N
     data = study.user_attrs[studies.FINGERPRINTS_ATTR]["data"]
     assert data["num_classes"] == 3 and data["targets"]["shape"] == [8, 8]
 
+    # Exported and predicted: a class a pixel, scored by the user's metric as the export was.
+    export = cli("export", "task", "--out", "model")
+    assert export.returncode == 0, export.stderr
+    test_value = json.loads((tmp_path / "model" / "metrics.json").read_text())[
+        "test_pixel_accuracy"
+    ]
+    predicted = cli("predict", "model", "pixels.pt", "--out", "pixels.csv")
+    assert predicted.returncode == 0, predicted.stderr
+    assert f"pixel_accuracy {test_value:.4f} on 60 labelled" in predicted.stdout
+    rows = list(csv.reader((tmp_path / "pixels.csv").open()))
+    assert len(rows) == 61 and len(rows[1][1].split()) == 64  # 8×8 classes, row by row
+    assert set(rows[1][1].split()) <= {"0", "1", "2"}
+
     # The user's loss fails on the model check, before any study: the key names it.
     (tmp_path / "scoring.py").write_text(
-        PIXELS_SCORING.replace("output, target)\n", "output)\n", 1)
+        PIXELS_SCORING.replace("def pixel_loss(output, target):", "def pixel_loss(output):")
     )
     again = cli("run", "--space", str(path), "--study", "other", "--trials", "1")
     _one_line(again, "task.loss: scoring.py:pixel_loss on the model's output (2, 3, 8, 8)")
     assert not (tmp_path / "studies" / "other.db").exists()
+
+
+def test_a_model_that_fails_inside_a_trial_stops_the_run_in_one_line(cli, tmp_path) -> None:
+    (tmp_path / "fragile.py").write_text(
+        "from torch import nn\n\n\n"
+        "class Fragile(nn.Linear):\n"
+        "    def forward(self, x):\n"
+        "        if len(x) > 2:  # the check before the study runs 2 examples; a batch has more\n"
+        "            raise ValueError(f'cannot take {len(x)} rows')\n"
+        "        return super().forward(x)\n\n\n"
+        "def build(*, input_shape, num_classes):\n"
+        "    return Fragile(input_shape[0], num_classes)\n"
+    )
+    ok = _bad(tmp_path, "ok.npz", np.tile(FEATURES, (5, 1)), np.tile(CLASSES, 5))
+    path = _project(tmp_path, _space(ok, "fragile.py:build"), {})
+    result = cli("run", "--space", str(path), "--trials", "2")
+    _one_line(result, "trial 0 raised ValueError: cannot take 32 rows (fragile.py, line 7)")
 
 
 def test_string_labels_become_named_classes_through_export_and_predict(cli, tmp_path) -> None:
@@ -394,7 +435,13 @@ def test_string_labels_become_named_classes_through_export_and_predict(cli, tmp_
     used = json.loads((tmp_path / "model" / "model.json").read_text())
     assert used["classes"] == sorted(names.tolist())
     assert used["inputs"] == [
-        {"name": "x", "dtype": "uint8", "shape": [1, 8, 8], "prepared": "standardized"}
+        {
+            "name": "x",
+            "dtype": "uint8",
+            "shape": [1, 8, 8],
+            "range": [0, 255],  # the scale the model takes: 8-bit values, as written
+            "prepared": "standardized",
+        }
     ]
     predicted = cli("predict", "model", "named.npz")
     assert predicted.returncode == 0, predicted.stderr
@@ -503,10 +550,12 @@ def test_a_mistyped_study_is_refused_not_made_up(cli, tmp_path) -> None:
     typo = cli("run", "--study", "tabular_typo", "--trials", "2")
     _one_line(
         typo,
-        "--study tabular_typo: no such study in studies/ (it has: tabular); did you mean "
-        "tabular? pass --space SPACE to create it",
+        "--study tabular_typo: no study 'tabular_typo' in studies/ (it has: tabular; did you "
+        "mean tabular?); pass --space SPACE to create it",
     )
     assert sorted(p.name for p in (tmp_path / "studies").glob("*.db")) == ["tabular.db"]
+    shown = cli("show", "tabluar")
+    _one_line(shown, "no study 'tabluar' in studies/ (it has: tabular; did you mean tabular?)")
     # With neither --study nor --space: the default study, as the quick start runs it.
     default = cli("run", "--trials", "1", "--epochs", "1")
     assert default.returncode == 0 and "created study digits" in default.stdout

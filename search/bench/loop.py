@@ -214,8 +214,8 @@ def _reference(
     hp: Hyperparameters,
     device: torch.device,
 ) -> tuple[float, float]:
-    scale = data.inputs.parts[0]
-    dataset = _TutorialDataset(split, data.n_train, scale.mean, scale.std, task.augment)
+    mean, std = _statistics(data)
+    dataset = _TutorialDataset(split, data.n_train, mean, std, task.augment)
     model = _build(task, params).to(device)
     optimizer = make_optimizer(hp, model.parameters())
     loader = _tutorial_loader(dataset, hp.batch_size, device)
@@ -266,6 +266,14 @@ def _tutorial_steps(
         total += loss.item()  # as tutorials do: the running loss, read every step
         steps += 1
     return total, steps
+
+
+def _statistics(data: DeviceData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images' standardization (none, where ``task.normalize = false``: mean 0, std 1)."""
+    scale = data.inputs.parts[0]
+    if scale.mean is None:
+        return torch.zeros((), device=data.device), torch.ones((), device=data.device)
+    return scale.mean, scale.std
 
 
 def pil_readable(images: torch.Tensor) -> bool:
@@ -352,12 +360,12 @@ class _TutorialDataset(torch.utils.data.Dataset):
     @classmethod
     def of(cls, data: DeviceData) -> _TutorialDataset:
         """The training part of device-resident data, back at the dataset's own scale."""
-        scale = data.inputs.parts[0]
-        raw = (data.train_x.float() * scale.std + scale.mean).cpu()
+        mean, std = _statistics(data)
+        raw = (data.train_x.float() * std + mean).cpu()
         if not pil_readable(raw):  # colour: 8-bit, as it was read
             raw = raw.round().clamp(0, 255).to(torch.uint8)
         split = tasks.Split(raw.contiguous(), data.train_y.cpu())
-        return cls(split, data.n_train, scale.mean.cpu(), scale.std.cpu(), data.augment)
+        return cls(split, data.n_train, mean.cpu(), std.cpu(), data.augment)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -10,7 +10,8 @@ the task's kind:
 - regression: float targets of shape N (one per example) or N×T, finite; integer targets with few
   distinct values look like classes, and are refused with the same hint;
 - with the user's own loss or metric, targets of any shape (per-pixel labels for segmentation,
-  say) pass as they are, integers as int64 and floats as float32.
+  say) pass as they are, integers as int64 (negative ones too: an ``ignore_index`` for the
+  user's loss) and floats as float32.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def check(parts: Parts, text: str, rule: TargetRule) -> Checked:
     labels = torch.cat([y for _, y in splits.values()])
     if labels.is_floating_point():  # regression, or float targets of the user's own loss
         return Checked(splits, (), labels.shape[1] if labels.dim() > 1 else 1)
+    if rule.as_given:
+        # The user's own loss and metric: negative labels are theirs to ignore (an ignore_index,
+        # padding), and a class may be absent from the data; the model outputs every class up to
+        # the largest label.
+        valid = labels[labels >= 0]
+        if len(valid) == 0:
+            raise TaskError(f"{text}: every label is negative; classes are 0..K-1")
+        outputs = int(valid.max()) + 1
+        if classes is not None and len(classes) >= outputs:
+            return Checked(splits, classes, len(classes))
+        return Checked(splits, tuple(str(i) for i in range(outputs)), outputs)
     outputs = int(labels.max()) + 1
     if classes is not None and len(classes) < outputs:
         raise TaskError(
