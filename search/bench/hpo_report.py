@@ -53,8 +53,7 @@ def render(comparison: Comparison) -> str:
             f"Time to the reference's {metric.name}",
             f"What each seed spent until its best first reached {comparison.reference}'s final "
             f"IQM ({comparison.shown(_reference(comparison).to_target.target):.4f}), or all it "
-            "spent if it never "
-            f"did; the IQM over seeds as a multiple of {comparison.reference}'s own (below 1 is "
+            f"spent if it never did; the IQM over seeds as a multiple of {comparison.reference}'s own (below 1 is "
             "cheaper), with its paired-bootstrap 95 % interval. Each bar names the seeds that "
             f"reached it; a faded bar reached it on fewer than {ENOUGH_SEEDS:.0%} of them, and is "
             "cheap partly because a seed that never reaches it is charged only what it spent.",
@@ -111,9 +110,9 @@ def _evidence_section(comparison: Comparison) -> list[str]:
             f"Over the {evidence.trials} complete trials of {evidence.strategy} (random "
             "configurations trained to the end): Spearman's rank correlation between each "
             f"configuration's validation {comparison.metric.name} after a number of epochs and "
-            "its final result, with a 95 % bootstrap interval over the configurations. Near 1, stopping there "
-            "would rank configurations as training them through does: the bound on what any "
-            "pruner can save on this task.",
+            "its final result, with a 95 % bootstrap interval over the configurations. Near 1, "
+            "stopping there would rank configurations as training them through does: the bound "
+            "on what any pruner can save on this task.",
             [],
             report.sortable_table(["after epochs", "Spearman's rho [95% CI]"], rows),
         )
