@@ -344,6 +344,15 @@ def test_a_regression_from_run_to_resume_report_best_export_predict_and_bench(
     )  # fmt: skip
     assert bench.returncode == 0, bench.stderr
     assert "test rmse" in bench.stdout and "final rmse" in bench.stdout, bench.stdout
+    # The target is random search's final best, the lowest RMSE: the mean of 2 seeds' lowest.
+    bests = []
+    for seed in (0, 1):
+        reference = optuna.load_study(
+            study_name=f"bench-task/random+none/seed{seed}",
+            storage=f"sqlite:///{tmp_path}/studies/bench-task.db",
+        )
+        bests.append(min(t.value for t in reference.trials if t.value is not None))
+    assert f"random+none's final rmse ({np.mean(bests):.4f})" in bench.stdout, bench.stdout
 
 
 def test_a_per_pixel_task_with_the_users_own_loss_and_metric(cli, tmp_path) -> None:
