@@ -236,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
+    docs = commands.add_parser(
+        "docs",
+        parents=[common],
+        help="build the documentation site strictly (or serve it); needs the docs extra",
+    )
+    docs.add_argument(
+        "--serve", action="store_true", help="serve the site, rebuilt as it is edited, instead"
+    )
+    docs.add_argument(
+        "--site", type=Path, default=Path("site"), help="where to build it (default: ./site)"
+    )
+    docs.add_argument(
+        "--address",
+        default="127.0.0.1:8000",
+        help="where --serve listens (default: 127.0.0.1:8000)",
+    )
+
     show = commands.add_parser(
         "show", parents=[common], help="show a study's settings and best trial"
     )
@@ -692,6 +709,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from search import docs
+
+    status = docs.run(args.serve, args.site.expanduser(), args.address)
+    if status == 0 and not args.serve:
+        print(f"built {args.site}/index.html")
+    return status
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.bench == "workers":
         return _bench_workers(args)
@@ -743,6 +769,7 @@ _COMMANDS = {
     "best": _best,
     "export": _export,
     "predict": _predict,
+    "docs": _docs,
 }
 
 

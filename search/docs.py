@@ -64,10 +64,12 @@ def run(serve: bool, site: Path, address: str) -> int:
     config = ROOT / "mkdocs.yml"
     if not config.is_file():
         raise SettingsError(f"no {config}: search docs builds the site of a clone of the project")
-    mkdocs = [sys.executable, "-m", "mkdocs"]
+    mkdocs = [sys.executable, "-m", "mkdocs", "--quiet"]
     if serve:
         command = [*mkdocs, "serve", "--config-file", str(config), "--dev-addr", address]
     else:
         command = [*mkdocs, "build", "--strict", "--config-file", str(config)]
         command += ["--site-dir", str(site.resolve())]
-    return subprocess.run(command, check=False).returncode
+    # Material's banner about its successor would bury the one line that matters.
+    environment = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run(command, check=False, env=environment).returncode

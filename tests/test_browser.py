@@ -203,3 +203,55 @@ def test_mlflow_ui_lists_the_study_run_and_its_trials(browser, tmp_path: Path, w
         assert not [e for e in errors if "Failed to load resource" not in e], errors
     finally:
         server.stop()
+
+
+def test_the_documentation_site_renders_without_errors(browser, tmp_path: Path) -> None:
+    """The site as `search docs` builds it, served over HTTP as a reader's browser gets it."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [*search_command(), "docs", "--site", str(site)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        page, errors = _page(browser)
+        page.goto(f"{base}/tutorial/", wait_until="networkidle")
+        assert page.locator("h1").first.inner_text().startswith("Tutorial")
+        assert page.locator("pre code").count() >= 6  # its commands, highlighted
+        assert page.locator("nav.md-nav").count() > 0  # Material's navigation drawn
+
+        page.goto(f"{base}/reference/cli/", wait_until="networkidle")
+        headings = page.locator("article h2").all_inner_texts()
+        assert any(h.startswith("search run") for h in headings), headings
+        assert any(h.startswith("search bench hpo") for h in headings), headings
+        run_help = page.locator("article pre").first.inner_text()
+        assert "usage: search" in run_help and "--trials" in " ".join(
+            page.locator("article pre").all_inner_texts()
+        )
+
+        # The search box, opened with its key as a reader would, finds the pages on a subject.
+        page.keyboard.press("s")
+        page.keyboard.type("successive halving")
+        page.wait_for_selector(".md-search-result__item", timeout=10_000)
+        assert page.locator(".md-search-result__item").count() > 0
+
+        page.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+        assert errors == [], errors
+        page.close()
+    finally:
+        server.shutdown()
