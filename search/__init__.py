@@ -19,6 +19,9 @@ from search.errors import (
 
 _LAZY = {
     "run": "search.api",
+    "export": "search.api",
+    "report": "search.api",
+    "Report": ("search.own_objective", "Report"),
     "RunSettings": "search.runner",
     "RunResult": "search.runner",
     "Objective": "search.objective",
@@ -32,6 +35,7 @@ _LAZY = {
 __all__ = [
     "Hyperparameters",
     "Objective",
+    "Report",
     "RunResult",
     "RunSettings",
     "SearchError",
@@ -42,8 +46,10 @@ __all__ = [
     "TaskError",
     "TrialFailure",
     "evaluate",
+    "export",
     "fit",
     "load_space",
+    "report",
     "run",
 ]
 

@@ -566,10 +566,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from search import report
+    from search import reporting
 
-    loaded = report.load(args.studies, args.storage)
-    out = report.write(loaded, args.out or report.default_path(args.studies))
+    loaded = reporting.load(args.studies, args.storage)
+    out = reporting.write(loaded, args.out or reporting.default_path(args.studies))
     print(out)
     return 0
 
@@ -653,7 +653,7 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from search.export import ExportSettings, export
+    from search.exporting import ExportSettings, export
 
     exported = export(
         ExportSettings(
@@ -671,6 +671,16 @@ def _export(args: argparse.Namespace) -> int:
     )
     metrics = exported.metrics
     metric = metrics["metric"]
+    if "train" in metrics:  # the model a training function of the user's returned
+        print(
+            f"val {metric} {metrics[f'val_{metric}']:.4f} (the trial had "
+            f"{metrics[f'trial_val_{metric}']:.4f})"
+        )
+        print(
+            f"wrote {exported.out}/ (model.pt: the state dict; module.pt: the whole module, "
+            "torch.load(path, weights_only=False); metrics.json)"
+        )
+        return 0
     if metrics[f"val_{metric}"] is not None:
         print(
             f"val {metric} {metrics[f'val_{metric}']:.4f} at epoch {metrics['best_epoch']} "
@@ -725,7 +735,7 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_loop(args)
     if args.bench == "study":
         return _bench_study(args)
-    from search import report
+    from search import reporting
     from search.bench import hpo, hpo_report
 
     settings = hpo.HpoSettings(
@@ -750,8 +760,8 @@ def _bench(args: argparse.Namespace) -> int:
         print("\ninterrupted; finished trials are saved. Run the same command again to resume.")
         return EXIT_INTERRUPTED
     print("\n".join(hpo_report.table_lines(comparison)))
-    out = report.write_page(
-        hpo_report.render(comparison), args.out or report.REPORTS_DIR / f"{settings.prefix}.html"
+    out = reporting.write_page(
+        hpo_report.render(comparison), args.out or reporting.REPORTS_DIR / f"{settings.prefix}.html"
     )
     print(comparison.headline())
     print(f"report: {out}")

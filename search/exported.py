@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from search import tasks
+from search import given, tasks
 from search.tasks import factory
 from search.tasks.scaling import InputScale, TargetScale
 
 USAGE_FILE = "model.json"
+FACTORY_FILE = "factory.pkl"  # a model factory given from Python, pickled by value
 STANDARDIZED, AS_INTEGERS, AS_FLOATS = "standardized", "as integers", "as floats"
 
 
@@ -135,13 +136,18 @@ def usage(folder: Path | str) -> dict[str, Any]:
 
 def load_model(folder: Path | str) -> Prepared:
     """The model saved in ``folder/model.pt``, rebuilt by its factory from the folder's
-    ``config.toml`` (model, fixed params) and ``model.json`` (inputs, outputs)."""
+    ``config.toml`` (model, fixed params) and ``model.json`` (inputs, outputs); a factory that
+    was given from Python is in ``factory.pkl``, pickled by value."""
     folder = Path(folder)
     config = tomllib.loads((folder / "config.toml").read_text())
     used = usage(folder)
     params = {name: spec["choices"][0] for name, spec in config["params"].items()}
     task = config["task"]
-    made = factory.resolve(task["model"], task.get("model_args", {}), folder)
+    if given.is_marker(task["model"]):
+        fn = given.loads((folder / FACTORY_FILE).read_bytes())
+        made = factory.ModelFactory(task["model"], fn, task.get("model_args", {}))
+    else:
+        made = factory.resolve(task["model"], task.get("model_args", {}), folder)
     shapes = tuple(tuple(spec["shape"]) for spec in used["inputs"])
     input_shape = shapes if len(shapes) > 1 else shapes[0]
     targets = used.get("targets")

@@ -66,6 +66,12 @@ def parse(text: str) -> Reference:
         )
     if not target.endswith(".py") and not _MODULE.fullmatch(target):
         raise TaskError(f"{text!r}: {target!r} is neither a .py file nor a dotted module name")
+    if target in ("__main__", "__mp_main__"):
+        raise TaskError(
+            f"{text!r} names an object of the running program, which no other command or process "
+            f"can import; hand {name} to search.run itself (model={name}, data={name}() or "
+            f"train={name})"
+        )
     return Reference(text, target, name)
 
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import optuna
 
-from search import spaces, trackers, workers
+from search import given, spaces, trackers, workers
 from search import study as studies
 from search.contract import TrainingData
 from search.errors import SettingsError, SpaceError, StorageError
+from search.given import Given
 from search.spaces import Space
 from search.tasks import Task, placement, resolve
 from search.tasks.data import can_augment
@@ -49,7 +50,7 @@ class RunSettings:
 
     trials: int
     study: str | None = None
-    space: str | None = None
+    space: str | dict[str, Any] | None = None  # a file or name, TOML text, or a dict (Python)
     storage: str | None = None
     sampler: str | None = None
     pruner: str | None = None
@@ -69,6 +70,15 @@ class RunSettings:
     data_mode: str = "auto"  # resident on the device, streamed from the host, or auto by size
     tensorboard: Path | None = None  # a run per trial under DIR/STUDY (stored on the study)
     mlflow: str | None = None  # a tracking URI: the study's run, a nested run per trial (stored)
+    # Objects from Python (`search.run`), which the space stands for with markers (search.given);
+    # the command line names files in the space instead.
+    model: Any = None
+    data: Any = None
+    train: Any = None
+
+    @property
+    def objects(self) -> Given:
+        return Given(self.model, self.data, self.train)
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ class RunResult:
 class _Prepared:
     plan: workers.Plan
     study: optuna.Study
-    data: TrainingData  # worker 0's, placed while checking
+    data: TrainingData | None  # worker 0's, placed while checking (None: a training function)
     device: Any  # worker 0's
 
 
@@ -164,9 +174,10 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
     if existing is None and settings.study is not None and settings.space is None:
         raise StorageError(_no_such_study(name, url, settings.storage, storage))
     if existing is not None:
-        space, fixed = resume_settings(existing, settings, url)
+        space, fixed = resume_settings(existing, settings, url, _start_new(settings))
+        check_objects(existing, space, settings.objects, settings.trials)
     else:
-        space = spaces.load(settings.space)
+        space = spaces.load(settings.space, settings.objects)
         objectives = _objectives(settings, space)
         multi = "," in objectives
         fixed = {
@@ -177,6 +188,9 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
             "objectives": objectives,
             "reports_per_epoch": settings.reports_per_epoch or DEFAULT_REPORTS_PER_EPOCH,
         }
+        if space.train is not None:
+            _check_own_training(settings, space)
+            fixed["reports_per_epoch"] = 1  # the function's own steps are the pruner's
         if multi:
             echo(f"objectives {objectives}: pruning is off (Optuna's pruners need one objective)")
         short = studies.brackets_short_of_tpe(fixed, settings.trials)
@@ -185,27 +199,31 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
 
     stored_trackers = existing.user_attrs.get(trackers.TRACKERS_ATTR) if existing else None
     targets = trackers.resolve(stored_trackers, settings.tensorboard, settings.mlflow)
-    task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
+    task = resolve.resolve(
+        space, data_dir=settings.data_dir, download=settings.download, objects=settings.objects
+    )
     if existing is not None:
-        check_unchanged(existing, task)
+        check_unchanged(existing, task, _start_new(settings))
     worker_devices = workers.devices(settings.device, list(settings.gpus), settings.jobs)
     for name_of_device in set(worker_devices):
         pick_device(name_of_device)  # every worker's device exists here
     device = pick_device(worker_devices[0])
-    data = placement.load_data(
-        task,
-        space,
-        seed=fixed["seed"],
-        device=device,
-        mode=settings.data_mode,
-        data_dir=settings.data_dir,
-        download=settings.download,
-        processes=worker_devices.count(worker_devices[0]),
-    )
-    _check_batch_sizes(space, data.n_train)
-    examples = data.examples(2)
-    _check_augment(space, task, examples[0])
-    resolve.check_model(task, space, examples)
+    data = None
+    if task.train is None:  # a training function of the user's brings its own data and model
+        data = placement.load_data(
+            task,
+            space,
+            seed=fixed["seed"],
+            device=device,
+            mode=settings.data_mode,
+            data_dir=settings.data_dir,
+            download=settings.download,
+            processes=worker_devices.count(worker_devices[0]),
+        )
+        _check_batch_sizes(space, data.n_train)
+        examples = data.examples(2)
+        _check_augment(space, task, examples[0])
+        resolve.check_model(task, space, examples)
 
     uid = uuid.uuid4().hex  # a new study's; made here so that its MLflow run can carry it
     to_store = targets.stored()
@@ -254,7 +272,7 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         fixed=fixed,
         target=settings.trials,
         devices=tuple(worker_devices),
-        data_mode=data.mode,  # decided once, so that every worker takes the same path
+        data_mode=data.mode if data else "yours",  # decided once: every worker takes one path
         data_dir=settings.data_dir,
         heartbeat=settings.heartbeat,
         timeout=settings.timeout,
@@ -308,6 +326,7 @@ def _create(
             "kind": space.scoring.kind,
             "metric": space.scoring.metric_name,
             "direction": space.scoring.direction,
+            **({"train": space.train} if space.train is not None else {}),
         },
     )
     study.set_user_attr(studies.UID_ATTR, uid)
@@ -319,7 +338,7 @@ def _create(
 
 def study_name(settings: RunSettings) -> str:
     """The study a run works on: ``--study``, or the space's name."""
-    return settings.study or spaces.resolve(settings.space).stem
+    return settings.study or spaces.name_of(settings.space, settings.objects)
 
 
 def _check_ranges(settings: RunSettings) -> None:
@@ -384,6 +403,27 @@ def _check_objectives(settings: RunSettings) -> None:
         )
 
 
+def _start_new(settings: RunSettings) -> str:
+    """How a refused resume is told to start a new study instead: by flag, or by keyword."""
+    if settings.objects.items() or isinstance(settings.space, dict):
+        return 'start a new study with study="NEW_NAME"'
+    return "start a new study with --study NEW_NAME"
+
+
+def _check_own_training(settings: RunSettings, space: Space) -> None:
+    """What a study of the user's training function cannot take: the loop's own settings."""
+    if settings.reports_per_epoch not in (None, 1):
+        raise SettingsError(
+            f"--reports-per-epoch {settings.reports_per_epoch}: a training function of your own "
+            f"({space.train}) reports when it likes; leave it out"
+        )
+    if "," in (settings.objectives or ""):
+        raise SettingsError(
+            f"--objectives {settings.objectives}: a training function of your own has one "
+            "objective, the value it returns"
+        )
+
+
 def _objectives(settings: RunSettings, space: Space) -> str:
     """A new study's objectives: its task's metric, then any costs ``--objectives`` adds."""
     metric = space.scoring.metric_name
@@ -443,7 +483,7 @@ def resume_settings(
     stored = attrs[studies.SETTINGS_ATTR]
     space = stored_space(study)
     if settings.space is not None:
-        given = spaces.load(settings.space)
+        given = spaces.load(settings.space, settings.objects)
         changed = spaces.diff(space.data, given.data)
         if changed:
             raise SpaceError(
@@ -460,6 +500,40 @@ def resume_settings(
                 f"a study's search settings are fixed, {new}"
             )
     return space, fixed
+
+
+def check_objects(study: optuna.Study, space: Space, objects: Given, trials: int | None) -> None:
+    """A study whose model, data or training function were given from Python needs them given
+    again to go on: say so in one line, and how (``trials`` None: it is being exported).
+
+    Raises:
+        SettingsError: the command line (or a call that lacks them) on such a study, or objects
+            given to a study whose space names files.
+    """
+    table = space.data["task"]
+    lacking = given.missing(table, objects)
+    name = study.study_name
+    if lacking:
+        which = " and ".join(f"its {'training function' if k == 'train' else k}" for k in lacking)
+        args = given.call_arguments(table)
+        call = (
+            f'search.run(study="{name}", {args}, trials={trials or "N"})'
+            if trials is not None
+            else f'search.export(study="{name}", {args}, out="models/{name}")'
+        )
+        given_as = (
+            "were given as Python objects" if len(lacking) > 1 else "was given as a Python object"
+        )
+        raise SettingsError(
+            f"study {name}: {which} {given_as}, which only Python can give again: {call}"
+        )
+    for keyword in dict(objects.items()):
+        value = table.get(given.KEYS[keyword].removeprefix("task."))
+        if not given.is_marker(value) and not (keyword == "data" and value == str(objects.data)):
+            raise SettingsError(
+                f"{keyword}= given, and study {name} was created with {given.KEYS[keyword]} = "
+                f"{value!r}, not an object from Python; leave {keyword}= out"
+            )
 
 
 def stored_space(study: optuna.Study) -> Space:

@@ -34,6 +34,7 @@ from search.contract import Hyperparameters
 from search.errors import TaskError
 
 KINDS = ("classification", "regression")
+OWN_TRAINING = "own training"  # a training function of the user's: its own loss and metric
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -299,6 +300,12 @@ def from_space(
             'lower ("minimize")',
         )
     return Scoring(kind, loss, metric, direction, 0, base)
+
+
+def own_training(metric: str, direction: str) -> Scoring:
+    """The scoring of a user's training function: only the name and direction of what it
+    returns (it computes its loss and metric itself)."""
+    return Scoring(OWN_TRAINING, "", metric, direction)
 
 
 def _other(kind: str) -> str:

@@ -18,6 +18,7 @@ Every problem is reported as ``<file>: <key>: <what is wrong>, got <value>``.
 
 from __future__ import annotations
 
+import copy
 import math
 import tomllib
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from search import references, scoring, tasks
+from search import given, references, scoring, tasks
 from search.contract import (
     LOOP_PARAMS,
     LR_SCHEDULES,
@@ -38,6 +39,7 @@ from search.contract import (
     split_params,
 )
 from search.errors import SearchError, SpaceError
+from search.given import NOTHING, Given
 from search.scoring import Scoring
 from search.tasks import factory, models
 
@@ -92,7 +94,10 @@ _TASK_KEYS = {
     "direction": str,
     "normalize": bool,
     "recipe": dict,
+    "train": str,
 }
+# What a space whose trials run the user's own training function (task.train) may say in [task].
+_TRAIN_TASK_KEYS = ("train", "epochs", "metric", "direction")
 _REQUIRED_TASK_KEYS = ("model", "epochs")
 DEFAULT_TEST_FRACTION = 0.1  # of the user's training data, held out when it has no test split
 _NOT_A_KEYWORD = (
@@ -137,6 +142,8 @@ class Space:
         recipe: loop params fixed for the whole study (``[task.recipe]``).
         scoring: the task's kind, loss, metric and direction.
         normalize: ``task.normalize`` (None: by dtype, see `search.tasks.scaling`).
+        train: ``task.train``: the user's own training function, which trials call instead of
+            the harness's loop (then there is no data, model or recipe here).
     """
 
     name: str
@@ -155,6 +162,7 @@ class Space:
     recipe: dict[str, Any] = field(default_factory=dict)
     scoring: Scoring = field(default_factory=Scoring)
     normalize: bool | None = None
+    train: str | None = None
 
     @property
     def has_conditions(self) -> bool:
@@ -196,10 +204,11 @@ class Space:
         """The ``[task]`` table with its paths made absolute, for a space written elsewhere
         (an export's config.toml) that must still find the data and the model's code."""
         table = dict(self.data["task"])
-        if "data" in table:
+        if "data" in table and not given.is_marker(table["data"]):
             table["data"] = _absolute(table["data"], self.base_dir)
-        if not factory.is_builtin(table["model"]):
-            table["model"] = _absolute(table["model"], self.base_dir)
+        model = table["model"]
+        if not factory.is_builtin(model) and not given.is_marker(model):
+            table["model"] = _absolute(model, self.base_dir)
         for key, builtin in (("loss", scoring.LOSSES), ("metric", scoring.METRICS)):
             if key in table and table[key] not in builtin:
                 table[key] = _absolute(table[key], self.base_dir)
@@ -246,16 +255,60 @@ def resolve(name_or_path: str | None) -> Path:
     )
 
 
-def load(name_or_path: str | Path | None = None) -> Space:
-    """Read and validate a space file (a path, or a bare name such as ``mnist``)."""
-    path = resolve(None if name_or_path is None else str(name_or_path))
+SpaceSource = str | Path | dict[str, Any] | None
+
+
+def load(source: SpaceSource = None, objects: Given = NOTHING) -> Space:
+    """Read and validate a space: a file (a path, or a bare name such as ``mnist``), a dict in a
+    file's shape, or TOML text. Objects given from Python (``objects``) stand in its ``[task]``
+    as markers (`search.given`); paths in a dict or text are relative to the current folder."""
+    if isinstance(source, dict):
+        data, where, base = copy.deepcopy(source), "space (a dict)", Path.cwd()
+    elif isinstance(source, str) and is_text(source):
+        where, base = "space (TOML text)", Path.cwd()
+        try:
+            data = tomllib.loads(source)
+        except tomllib.TOMLDecodeError as e:
+            raise SpaceError(f"{where}: not valid TOML: {e}") from None
+    else:
+        path = resolve(None if source is None else str(source))
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise SpaceError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpaceError(f"{path}: cannot read: {e}") from None
+        where, base = str(path), path.parent.resolve()
+    if objects.items() and isinstance(data.get("task", {}), dict):
+        data["task"] = given.mark(data.get("task", {}), objects)
+    return from_data(data, name=name_of(source, objects), source=where, base_dir=base)
+
+
+def is_text(source: str) -> bool:
+    """Whether ``--space`` / ``space=`` is a space's TOML text rather than a name or path."""
+    return "\n" in source
+
+
+def name_of(source: SpaceSource, objects: Given = NOTHING) -> str:
+    """A space's name, the default study name: a file's stem; for a space given as a dict or
+    text, the training function's or model factory's name, else the registered task's."""
+    if isinstance(source, dict) or (isinstance(source, str) and is_text(source)):
+        for value in (objects.train, objects.model):
+            if value is not None:
+                return given.name_of(value)
+        data = source if isinstance(source, dict) else _parsed_or_empty(source)
+        task = data.get("task")
+        if isinstance(task, dict) and isinstance(task.get("name"), str):
+            return task["name"]
+        return "space"
+    return resolve(None if source is None else str(source)).stem
+
+
+def _parsed_or_empty(text: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise SpaceError(f"{path}: not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpaceError(f"{path}: cannot read: {e}") from None
-    return from_data(data, name=path.stem, source=str(path), base_dir=path.parent.resolve())
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return {}  # `load` says what is wrong with it
 
 
 def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = Path(".")) -> Space:
@@ -277,6 +330,8 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
     for key in task_table:
         if key not in _TASK_KEYS:
             raise fail(f"task.{key}", f"unknown key; [task] has {', '.join(_TASK_KEYS)}")
+    if "train" in task_table:
+        return _own_training(data, task_table, name, source, base_dir, fail)
     if ("name" in task_table) == ("data" in task_table):
         raise fail(
             "task",
@@ -300,7 +355,11 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
             task = tasks.get(task_table["name"])
         except SearchError as e:
             raise fail("task.name", str(e)) from None
-        if model not in task.models and not references.looks_like_reference(model):
+        if (
+            model not in task.models
+            and not references.looks_like_reference(model)
+            and not given.is_marker(model)
+        ):
             raise fail(
                 "task.model",
                 f"task {task.name} has no model {model!r}; it has {', '.join(task.models)}, "
@@ -321,7 +380,11 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
         if not data_ref.strip():
             raise fail("task.data", "must name a folder, a .npz/.pt file or a FILE.py:NAME loader")
         task_name = data_ref
-    if not factory.is_builtin(model) and not references.looks_like_reference(model):
+    if (
+        not factory.is_builtin(model)
+        and not references.looks_like_reference(model)
+        and not given.is_marker(model)
+    ):
         raise fail(
             "task.model",
             f"{model!r} is neither a model family ({', '.join(models.FAMILIES)}) nor a "
@@ -360,28 +423,23 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
     )
     recipe = _recipe(task_table.get("recipe", {}), task_scoring, fail)
 
-    params_table = _table(data, "params", fail)
-    if not params_table:
-        raise fail("params", "a space must sample at least one param")
-    params: list[Param] = []
-    for pname, spec in params_table.items():
-        key = f"params.{pname}"
-        domain = _domain(pname, model, model_args, lambda p, k=key: fail(k, p))
+    def domain_of(pname: str, key: str) -> Domain:
+        domain = _domain(pname, model, model_args, lambda p: fail(key, p))
         if pname in recipe:
             raise fail(key, "is also fixed in [task.recipe]; sample it or fix it, not both")
         if pname == "label_smoothing" and task_scoring.kind != "classification":
             raise fail(key, "label smoothing is for classification, and this is a regression")
-        if not isinstance(spec, dict):
-            raise fail(key, f"must be a table, got {spec!r}")
-        distribution = _distribution(spec, domain, lambda p, k=key: fail(k, p))
-        if pname == "depth" and model in models.MAX_DEPTH:
-            top = max(extremes(distribution))
+        return domain
+
+    params = _params(data, fail, domain_of)
+    for param in params:
+        if param.name == "depth" and model in models.MAX_DEPTH:
+            top = max(extremes(param.distribution))
             if top > models.MAX_DEPTH[model]:
                 raise fail(
-                    key, f"model {model} allows depth up to {models.MAX_DEPTH[model]}, got {top}"
+                    "params.depth",
+                    f"model {model} allows depth up to {models.MAX_DEPTH[model]}, got {top}",
                 )
-        when = _condition(spec.get("when"), params, lambda p, k=key: fail(f"{k}.when", p))
-        params.append(Param(pname, distribution, when))
 
     return Space(
         name=name,
@@ -390,7 +448,7 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
         model=model,
         epochs=epochs,
         val_fraction=val_fraction,
-        params=tuple(params),
+        params=params,
         data=data,
         base_dir=base_dir,
         data_ref=data_ref,
@@ -401,6 +459,93 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
         scoring=task_scoring,
         normalize=task_table.get("normalize"),
     )
+
+
+def _own_training(
+    data: dict[str, Any],
+    task_table: dict[str, Any],
+    name: str,
+    source: str,
+    base_dir: Path,
+    fail: Callable[[str, str], SpaceError],
+) -> Space:
+    """A space whose trials call the user's training function: ``[task]`` names the function,
+    the epochs (its pruners' full budget, steps 1..epochs of its reports), the metric's name and
+    its direction; every param goes to the function as it is sampled."""
+    for key in task_table:
+        if key not in _TRAIN_TASK_KEYS:
+            raise fail(
+                f"task.{key}",
+                "not for a training function of your own (task.train), which trains however it "
+                f"likes; [task] takes {', '.join(_TRAIN_TASK_KEYS)}",
+            )
+    for key, kind in _TASK_KEYS.items():
+        if key in task_table and not _is(task_table[key], kind):
+            raise fail(f"task.{key}", f"must be {_KIND_WORD[kind]}, got {task_table[key]!r}")
+    train = task_table["train"]
+    if not given.is_marker(train) and not references.looks_like_reference(train):
+        raise fail(
+            "task.train",
+            f'{train!r} is not a reference to your function like "train.py:train" or '
+            '"pkg.module:train"',
+        )
+    if "epochs" not in task_table:
+        raise fail(
+            "task.epochs",
+            "missing: the most epochs (or steps) your function reports; the pruners' full budget",
+        )
+    epochs = task_table["epochs"]
+    if epochs < 1:
+        raise fail("task.epochs", f"must be at least 1, got {epochs}")
+    metric = task_table.get("metric", "value")
+    if not metric.isidentifier():
+        raise fail("task.metric", f"must be a name (letters, digits, _), got {metric!r}")
+    direction = task_table.get("direction")
+    if direction not in scoring.DIRECTIONS:
+        raise fail(
+            "task.direction",
+            (
+                f"must be maximize or minimize, got {direction!r}"
+                if direction is not None
+                else "missing: say whether what your function returns is better higher "
+                '("maximize") or lower ("minimize")'
+            ),
+        )
+    params = _params(data, fail, lambda pname, key: FACTORY_PARAM)
+    return Space(
+        name=name,
+        source=source,
+        task=train,
+        model="",
+        epochs=epochs,
+        val_fraction=0.0,
+        params=params,
+        data=data,
+        base_dir=base_dir,
+        scoring=scoring.own_training(metric, direction),
+        train=train,
+    )
+
+
+def _params(
+    data: dict[str, Any],
+    fail: Callable[[str, str], SpaceError],
+    domain_of: Callable[[str, str], Domain],
+) -> tuple[Param, ...]:
+    """The ``[params]`` tables in file order, each checked against ``domain_of(name, key)``."""
+    params_table = _table(data, "params", fail)
+    if not params_table:
+        raise fail("params", "a space must sample at least one param")
+    params: list[Param] = []
+    for pname, spec in params_table.items():
+        key = f"params.{pname}"
+        domain = domain_of(pname, key)
+        if not isinstance(spec, dict):
+            raise fail(key, f"must be a table, got {spec!r}")
+        distribution = _distribution(spec, domain, lambda p, k=key: fail(k, p))
+        when = _condition(spec.get("when"), params, lambda p, k=key: fail(f"{k}.when", p))
+        params.append(Param(pname, distribution, when))
+    return tuple(params)
 
 
 def _recipe(

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search import given
 from search import study as studies
 from search.progress import format_params
 
@@ -69,10 +70,11 @@ def show(study: optuna.Study, url: str) -> str:
     if settings:
         space = settings["space_source"]
         metric = studies.metric_of(study)
-        lines.append(
-            f"space   {space}  task {settings['task']}  model {settings['model']}"
-            f"  epochs {settings['epochs']}"
-        )
+        if settings.get("train"):
+            what = f"train {_shown(settings['train'])}"
+        else:
+            what = f"task {_shown(settings['task'])}  model {_shown(settings['model'])}"
+        lines.append(f"space   {space}  {what}  epochs {settings['epochs']}")
         lines.append(
             f"scoring {settings.get('kind', 'classification')}, val {metric.name} "
             f"({metric.direction}d)"
@@ -107,11 +109,18 @@ def show(study: optuna.Study, url: str) -> str:
             f"search best --top {len(front)} lists them all)"
         )
     lines += [f"        {k} = {v}" for k, v in best.params.items()]
-    lines.append(
-        f"        {studies.epochs_text(attrs.get('epochs_run'))} epochs, {seconds:.1f} s, "
-        f"{max(throughput):,.0f} examples/s, {attrs.get('param_count', 0):,} parameters"
-    )
+    costs = f"        {studies.epochs_text(attrs.get('epochs_run'))} epochs, {seconds:.1f} s"
+    if "param_count" in attrs:  # trials of the harness's loop (not of a function of the user's)
+        costs += f", {max(throughput):,.0f} examples/s, {attrs['param_count']:,} parameters"
+    lines.append(costs)
     return "\n".join(lines)
+
+
+def _shown(reference: str) -> str:
+    """A space's reference as shown: an object given from Python by its name."""
+    if given.is_marker(reference):
+        return f"{given.name_of_marker(reference)} (a Python object)"
+    return reference
 
 
 def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -128,12 +137,21 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
     settings = study.user_attrs.get(studies.SETTINGS_ATTR, {})
     objectives = settings.get("objectives", "accuracy").split(",")
     metric = studies.metric_of(study)
+    task = study.user_attrs.get(studies.SPACE_ATTR, {}).get("task", {})
+    args = given.call_arguments(task)  # a study made from Python objects is exported from Python
     rows = []
     for trial in best_trials(study, top):
-        command = ["search", "export", study.study_name, "--trial", str(trial.number)]
-        command += ["--out", f"models/{study.study_name}-trial{trial.number}"]
-        if storage:
-            command += ["--storage", studies.describe(storage)]  # a password stays unprinted
+        out = f"models/{study.study_name}-trial{trial.number}"
+        if args:
+            reproduce = (
+                f'search.export("{study.study_name}", {args}, trial={trial.number}, out="{out}")'
+            )
+        else:
+            command = ["search", "export", study.study_name, "--trial", str(trial.number)]
+            command += ["--out", out]
+            if storage:
+                command += ["--storage", studies.describe(storage)]  # a password stays unprinted
+            reproduce = shlex.join(command)
         attrs = studies.trial_attrs(trial)
         rows.append(
             {
@@ -145,7 +163,7 @@ def best_listing(study: optuna.Study, top: int, *, storage: str | None, as_json:
                 "seconds": attrs.get("seconds"),
                 "seed": attrs.get("seed"),
                 "params": trial.params,
-                "reproduce": shlex.join(command),
+                "reproduce": reproduce,
             }
         )
     if as_json:

@@ -11,10 +11,12 @@ number of commands, from running past it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from search import target
 from search.contract import TrainingData
 from search.errors import SearchError, SettingsError
 from search.objective import Objective
+from search.own_objective import OwnObjective
 from search.progress import TrialLog
 from search.spaces import Space
 from search.tasks import Task, placement
@@ -80,8 +83,9 @@ def run_all(
         context.Process(target=_child, args=(plan, index), daemon=False)
         for index in range(1, len(plan.devices))
     ]
-    for process in others:
-        process.start()
+    with _main_module_not_rerun():
+        for process in others:
+            process.start()
     try:
         work(plan, 0, study=study, data=first_data, show_bar=True)
     except BaseException:
@@ -97,6 +101,23 @@ def run_all(
         raise SearchError(f"worker {index} exited with status {code}; rerun to retry its trials")
 
 
+@contextlib.contextmanager
+def _main_module_not_rerun() -> Iterator[None]:
+    """Spawned processes run the parent's ``__main__`` file again, so that objects pickled by
+    reference to it are found; a program read from standard input (``python -``, ``<stdin>``)
+    has no file to run, and the objects it gives cross by value anyway (`search.given`)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or Path(path).is_file():
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def work(
     plan: Plan,
     index: int,
@@ -110,7 +131,7 @@ def work(
         torch.set_num_threads(plan.threads)
     device = pick_device(plan.devices[index])
     fixed = plan.fixed
-    if data is None:
+    if data is None and plan.task.train is None:
         data = placement.load_data(
             plan.task,
             plan.space,
@@ -149,17 +170,28 @@ def work(
             metric=_metric(plan),
         ) as log,
     ):
-        objective = Objective(
-            plan.space,
-            plan.task,
-            data,
-            epochs=fixed["epochs"],
-            seed=fixed["seed"],
-            checkpoint_dir=plan.checkpoint_dir / plan.study,
-            objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
-            reports_per_epoch=reports_per_epoch,
-            tracker=tracker,
-        )
+        objective: Callable[[optuna.Trial], Any]
+        if plan.task.train is not None:
+            objective = OwnObjective(
+                plan.space,
+                plan.task,
+                epochs=fixed["epochs"],
+                seed=fixed["seed"],
+                checkpoint_dir=plan.checkpoint_dir / plan.study,
+                tracker=tracker,
+            )
+        else:
+            objective = Objective(
+                plan.space,
+                plan.task,
+                data,
+                epochs=fixed["epochs"],
+                seed=fixed["seed"],
+                checkpoint_dir=plan.checkpoint_dir / plan.study,
+                objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
+                reports_per_epoch=reports_per_epoch,
+                tracker=tracker,
+            )
         target.run_until_target(
             study,
             objective,

@@ -75,6 +75,7 @@ def test_the_site_has_every_page(site: Path) -> None:
 def test_a_broken_link_or_api_reference_fails_the_build(tmp_path: Path, change, says) -> None:
     shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
     shutil.copytree(DOCS, tmp_path / "docs")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # the files pages include
     page = tmp_path / "docs" / "tutorial.md"
     page.write_text(page.read_text() + f"\n{change}\n")
     result = _mkdocs("build", "--site-dir", str(tmp_path / "out"), cwd=tmp_path)

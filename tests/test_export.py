@@ -14,7 +14,7 @@ from conftest import tiny_study
 
 from search import spaces, tasks
 from search import study as studies
-from search.export import ExportSettings, export, load_model
+from search.exporting import ExportSettings, export, load_model
 
 TRIALS = 4
 # The same seed on the same device and thread count replays the trial exactly; the tolerance

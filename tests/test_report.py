@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search import report
+from search import reporting
 from search import study as studies
 from search.errors import StorageError
 
@@ -86,7 +86,7 @@ SHAPES = {
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_of_study_gives_a_whole_page(shape: str) -> None:
     study, url = _study(shape, SHAPES[shape])
-    page = report.render([report.Facts.of(study, url)])
+    page = reporting.render([reporting.Facts.of(study, url)])
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert page.count(PLOTLY_BANNER) == 1  # plotly.js once, whatever the number of charts
     assert "All trials" in page and f"<td>{shape}</td>" in page
@@ -94,8 +94,8 @@ def test_every_shape_of_study_gives_a_whole_page(shape: str) -> None:
 
 def test_mixed_study_draws_every_chart_and_summarizes() -> None:
     study, url = _study("mixed", SHAPES["mixed"])
-    facts = report.Facts.of(study, url)
-    page = report.render([facts])
+    facts = reporting.Facts.of(study, url)
+    page = reporting.render([facts])
     # history, curves, parallel, importance, slices, 4 comparisons, timeline
     assert page.count("Plotly.newPlot") == 10
     assert "Not enough finished trials" not in page
@@ -110,7 +110,7 @@ def test_mixed_study_draws_every_chart_and_summarizes() -> None:
 
 def test_a_study_with_too_little_data_says_so_instead_of_an_empty_chart() -> None:
     study, url = _study("empty", [])
-    page = report.render([report.Facts.of(study, url)])
+    page = reporting.render([reporting.Facts.of(study, url)])
     assert "Plotly.newPlot" not in page
     assert "Not enough finished trials to draw this yet." in page
     assert "no complete trial yet" in page
@@ -127,7 +127,7 @@ def test_one_parameter_space() -> None:
         for n in range(8)
     ]
     study, url = _study("one-param", trials)
-    page = report.render([report.Facts.of(study, url)])
+    page = reporting.render([reporting.Facts.of(study, url)])
     assert page.count("Plotly.newPlot") >= 5
 
 
@@ -137,7 +137,7 @@ def test_names_params_and_reasons_are_escaped(tmp_path: Path) -> None:
         1, TrialState.FAIL, fail_reason="error", fail_detail="<img src=x onerror=alert(1)>"
     )
     study, url = _study(evil, [_trial(0, TrialState.COMPLETE), failed], tmp_path)
-    page = report.render([report.Facts.of(study, url)])
+    page = reporting.render([reporting.Facts.of(study, url)])
     assert evil not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
@@ -146,7 +146,7 @@ def test_names_params_and_reasons_are_escaped(tmp_path: Path) -> None:
 def test_several_studies_are_compared_on_one_page(tmp_path: Path) -> None:
     a = _study("a", [_trial(n, STATES[n % 4]) for n in range(8)], tmp_path)
     b = _study("b", [_trial(n, TrialState.COMPLETE) for n in range(5)], tmp_path)
-    page = report.render([report.Facts.of(*a), report.Facts.of(*b)])
+    page = reporting.render([reporting.Facts.of(*a), reporting.Facts.of(*b)])
     assert "Best so far by trial" in page and "Best so far by training time" in page
     assert page.count("<h2 class='study'>") == 2
     assert page.count(PLOTLY_BANNER) == 1
@@ -155,18 +155,18 @@ def test_several_studies_are_compared_on_one_page(tmp_path: Path) -> None:
 def test_write_is_atomic_and_refuses_a_missing_folder(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     study, url = _study("w", SHAPES["mixed"], tmp_path)
-    out = report.write([(study, url)], report.default_path(["w"]))
+    out = reporting.write([(study, url)], reporting.default_path(["w"]))
     assert out == Path("reports/w.html") and out.read_text().startswith("<!DOCTYPE html>")
     assert not list(Path("reports").glob(".*partial"))
     with pytest.raises(StorageError, match="folder nowhere does not exist"):
-        report.write([(study, url)], Path("nowhere/w.html"))
+        reporting.write([(study, url)], Path("nowhere/w.html"))
 
 
 def test_a_thousand_trials(capsys) -> None:
     trials = [_trial(n, STATES[n % 4]) for n in range(1000)]
     study, url = _study("big", trials)
     start = time.perf_counter()
-    page = report.render([report.Facts.of(study, url)])
+    page = reporting.render([reporting.Facts.of(study, url)])
     seconds = time.perf_counter() - start
     assert page.count("Plotly.newPlot") == 10 and page.count("<tr class=") == 1000
     with capsys.disabled():

@@ -188,7 +188,7 @@ def test_export_rebuilds_a_user_model_from_its_reference(cli, tmp_path) -> None:
         and "model.onnx: reloaded" in result.stdout
     )
 
-    from search.export import load_model
+    from search.exporting import load_model
 
     batch = digits(16)[0].float()
     with torch.inference_mode():

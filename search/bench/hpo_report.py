@@ -12,7 +12,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from search import report
+from search import reporting
 from search import study as studies
 from search.bench import curves
 from search.bench.hpo import ENOUGH_SEEDS, Comparison, Strategy
@@ -35,13 +35,13 @@ def render(comparison: Comparison) -> str:
         "of the curves are (double-click a chart to see all of it)."
     )
     sections = [
-        report.section(
+        reporting.section(
             "Headline",
             f"<p class='headline'><strong>{html.escape(comparison.headline())}</strong></p>",
             [],
         ),
         *_evidence_section(comparison),
-        report.section(
+        reporting.section(
             "Best so far",
             intro,
             [
@@ -49,7 +49,7 @@ def render(comparison: Comparison) -> str:
                 _curves_figure(comparison, by="trials"),
             ],
         ),
-        report.section(
+        reporting.section(
             f"Time to the reference's {metric.name}",
             f"What each seed spent until its best first reached {comparison.reference}'s final "
             f"IQM ({comparison.shown(_reference(comparison).to_target.target):.4f}), or all it "
@@ -59,7 +59,7 @@ def render(comparison: Comparison) -> str:
             "cheap partly because a seed that never reaches it is charged only what it spent.",
             [_ratio_figure(comparison)],
         ),
-        report.section(
+        reporting.section(
             "All strategies",
             f"Final best: IQM over seeds [95 % CI]. Test {metric.name}: each seed's best trial "
             "retrained with its own seed and scored once on the test set (the only use of the "
@@ -68,7 +68,7 @@ def render(comparison: Comparison) -> str:
             _table(comparison),
         ),
     ]
-    return report.page(settings.prefix, sections)
+    return reporting.page(settings.prefix, sections)
 
 
 def _reference(comparison: Comparison) -> Strategy:
@@ -105,7 +105,7 @@ def _evidence_section(comparison: Comparison) -> list[str]:
         for epochs, rho in evidence.at.items()
     ]
     return [
-        report.section(
+        reporting.section(
             "What pruning can save",
             f"Over the {evidence.trials} complete trials of {evidence.strategy} (random "
             "configurations trained to the end): Spearman's rank correlation between each "
@@ -114,7 +114,7 @@ def _evidence_section(comparison: Comparison) -> list[str]:
             "stopping there would rank configurations as training them through does: the bound "
             "on what any pruner can save on this task.",
             [],
-            report.sortable_table(["after epochs", "Spearman's rho [95% CI]"], rows),
+            reporting.sortable_table(["after epochs", "Spearman's rho [95% CI]"], rows),
         )
     ]
 
@@ -276,7 +276,7 @@ def _table(comparison: Comparison) -> str:
             ),
         ]
         rows.append(("", cells))
-    return report.sortable_table(head, rows)
+    return reporting.sortable_table(head, rows)
 
 
 def table_lines(comparison: Comparison) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search import references
+from search import given, references
 from search.contract import Inputs, closest_loop_param, first_input, model_output, split_params
 from search.errors import TaskError
 from search.scoring import Scoring
@@ -47,7 +47,10 @@ class ModelFactory:
 
     def __reduce__(self) -> Any:
         """Into a worker process by reference: the user's code is imported again there (a module
-        loaded from a file path has no name another process could import it by)."""
+        loaded from a file path has no name another process could import it by); a factory given
+        from Python crosses by value (`search.given`)."""
+        if given.is_marker(self.reference):
+            return _by_value, (self.reference, given.dumps(self.fn), self.model_args)
         return resolve, (self.reference, self.model_args, self.base)
 
     @property
@@ -81,6 +84,10 @@ class ModelFactory:
             for name, value in given.items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         }
+
+
+def _by_value(reference: str, fn: bytes, model_args: dict[str, Any]) -> ModelFactory:
+    return ModelFactory(reference, given.loads(fn), model_args)
 
 
 def is_builtin(reference: str) -> bool:

@@ -64,6 +64,8 @@ class Task:
         scoring: the kind, loss, metric and direction the space chose.
         normalize: ``task.normalize``: None (floats and 8-bit images are standardized, other
             integers kept), True (everything standardized) or False (nothing).
+        train: the user's own training function (``task.train``), which trials call instead
+            of the harness's loop; such a task has no data, model or recipe of the harness's.
     """
 
     name: str
@@ -82,6 +84,7 @@ class Task:
     classes: tuple[str, ...] = ()
     scoring: Scoring = CLASSIFICATION
     normalize: bool | None = None
+    train: Any = None  # a `search.tasks.own_training.TrainFunction`: trials call it, not `fit`
 
     def build_model(self, params: dict[str, Any]) -> nn.Module:
         """The model for a trial's params, from the space's factory."""

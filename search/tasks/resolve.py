@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from search import references, scoring, tasks
+from search import given, references, scoring, tasks
 from search.contract import LOOP_PARAMS, Inputs
 from search.errors import SearchError, SpaceError, TaskError
+from search.given import NOTHING, Given
 from search.spaces import Space
-from search.tasks import factory, models, user_data
+from search.tasks import factory, models, own_training, user_data
 from search.tasks.checks import TargetRule
 
 # Beside the default storage: a study's decoded data lives where its database does.
@@ -34,15 +35,25 @@ def resolve(
     data_dir: Path = Path("data"),
     download: bool = False,
     cache_dir: Path = DEFAULT_CACHE_DIR,
+    objects: Given = NOTHING,
 ) -> tasks.Task:
     """The task ``space`` names, with its model factory and scoring. The user's data is read
     (from its cache entry when it holds it; worker processes `reopen` that entry); a registered
-    task's data is not touched.
+    task's data is not touched. ``objects`` are what markers in the space stand for (see
+    `search.given`). A space of the user's own training function makes a task of that function.
 
     Raises:
         SpaceError: ``<space file>: task.model|task.data|task.loss|task.metric: <what is wrong>``.
     """
-    model = model_factory(space)
+    for keyword in given.missing(space.data["task"], objects):
+        key = given.KEYS[keyword]
+        raise SpaceError(
+            f"{space.source}: {key}: stands for an object given from Python "
+            f"(search.run({keyword}=...)), and none was given"
+        )
+    if space.train is not None:
+        return _own_training(space, objects)
+    model = model_factory(space, objects)
     try:
         scoring.resolve(space.scoring)
     except TaskError as e:
@@ -64,6 +75,7 @@ def resolve(
             test_fraction=space.test_fraction,
             cache_dir=cache_dir,
             rule=rule,
+            objects=objects.data,
         )
     except TaskError as e:
         raise _fail(space, "task.data", e) from None
@@ -79,7 +91,7 @@ def resolve(
     examples = data.fingerprint["examples"]
     fingerprint = {"data": data.fingerprint}
     if not model.builtin:
-        fingerprint["model"] = references.fingerprint(space.model, space.base_dir)
+        fingerprint["model"] = _code_fingerprint(space.model, space.base_dir, model.fn)
     if space.scoring.kind == "regression":
         what = f"{data.num_classes} target{'s' if data.num_classes > 1 else ''}"
     else:
@@ -132,10 +144,40 @@ def _shapes(input_shape: tuple[Any, ...]) -> str:
     return models.shape_text(input_shape)
 
 
-def model_factory(space: Space) -> factory.ModelFactory:
+def _own_training(space: Space, objects: Given) -> tasks.Task:
+    """The task of a user's training function: the function, its fingerprint and scoring."""
+    try:
+        train = own_training.resolve(space.train, space.base_dir, objects.train)
+    except TaskError as e:
+        raise _fail(space, "task.train", e) from None
+    return tasks.Task(
+        name=space.task,
+        description=f"your training function {train.name}",
+        input_shape=(),
+        num_classes=0,
+        models=(),
+        augment=False,
+        needs_data_dir=False,
+        load=_unread,
+        fingerprint={"train": _code_fingerprint(space.train, space.base_dir, train.fn)},
+        scoring=space.scoring,
+        train=train,
+    )
+
+
+def _code_fingerprint(reference: str, base: Path, fn: Any) -> dict[str, Any]:
+    if given.is_marker(reference):
+        return given.fingerprint(reference, fn)
+    return references.fingerprint(reference, base)
+
+
+def model_factory(space: Space, objects: Given = NOTHING) -> factory.ModelFactory:
     """The space's model factory, imported and its signature checked against what it will get."""
     try:
-        resolved = factory.resolve(space.model, space.model_args, space.base_dir)
+        if given.is_marker(space.model):
+            resolved = factory.ModelFactory(space.model, objects.model, space.model_args)
+        else:
+            resolved = factory.resolve(space.model, space.model_args, space.base_dir)
         sampled = [p for p in space.params if p.name not in LOOP_PARAMS]
         factory.check_signature(
             resolved.fn,
@@ -183,6 +225,11 @@ def changed(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """What differs between a study's recorded fingerprints and the data and code now."""
     old, new = stored.get("data"), current.get("data")
     if old and new and old["sha256"] != new["sha256"]:
+        if new.get("kind") == "python":
+            return (
+                "data= is not the data the study was created with "
+                f"({_sizes(old)} then, {_sizes(new)} now, other content)"
+            )
         counts = [
             f"{old['examples'][k]:,} → {new['examples'][k]:,} {k}"
             for k in ("train", "val", "test")
@@ -190,13 +237,27 @@ def changed(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
         ]
         detail = ", ".join(counts) if counts else "same sizes, other content"
         return f"the data {new['data']} changed since the study was created ({detail})"
-    old, new = stored.get("model"), current.get("model")
-    if old and new and old["sha256"] != new["sha256"]:
-        return (
-            f"the model factory {new['reference']} changed since the study was created "
-            f"({new['file']} differs)"
-        )
+    for key, what in (("model", "the model factory"), ("train", "the training function")):
+        old, new = stored.get(key), current.get(key)
+        if not old or not new or old["sha256"] is None or new["sha256"] is None:
+            continue  # a source that cannot be read: nothing to compare
+        if old["sha256"] != new["sha256"]:
+            if new.get("python"):
+                was = old.get("name") or given.name_of_marker(old["reference"])
+                return (
+                    f"{what} {new['name']} given from Python is not {was}, the one the study was "
+                    "created with (their sources differ)"
+                )
+            return (
+                f"{what} {new['reference']} changed since the study was created "
+                f"({new['file']} differs)"
+            )
     return None
+
+
+def _sizes(fingerprint: dict[str, Any]) -> str:
+    examples = fingerprint["examples"]
+    return "/".join(f"{examples[k]:,}" for k in ("train", "val", "test")) + " examples"
 
 
 def _fail(space: Space, key: str, error: SearchError) -> SpaceError:

@@ -121,20 +121,27 @@ def from_loader(text: str, base: Path) -> Parts:
         result = load()
     except Exception as e:
         raise TaskError(f"{text} raised {references.failure_line(e)}") from None
+    return from_pair(result, text, f"{text} returned", "a loader returns")
+
+
+def from_pair(result: Any, where: str, got: str = "data= is", takes: str = "give") -> Parts:
+    """A ``(train, test)`` pair as a loader returns it (or as given to `search.run`'s data=);
+    ``got`` and ``takes`` word the message that says it is not one."""
     if not isinstance(result, tuple | list) or len(result) != 2:
+        size = f" of {len(result)}" if isinstance(result, tuple | list) else ""
         raise TaskError(
-            f"{text} returned {type(result).__name__!r}; a loader returns (train, test), each "
-            "an (x, y) pair or a Dataset of (x, y) items, test possibly None"
+            f"{got} {type(result).__name__!r}{size}; {takes} (train, test), each an (x, y) pair of "
+            "tensors or arrays, or a Dataset of (x, y) items, test possibly None"
         )
     train, test = result
     if train is None:
-        raise TaskError(f"{text} returned no training data (train is None)")
-    (train_part, names), classes = examples(train, f"{text}: train"), _classes(train)
+        raise TaskError(f"{where}: no training data (train is None)")
+    (train_part, names), classes = examples(train, f"{where}: train"), _classes(train)
     test_part = None
     if test is not None:
-        test_part, test_names = examples(test, f"{text}: test")
+        test_part, test_names = examples(test, f"{where}: test")
         if test_names != names:
-            raise TaskError(f"{text}: test inputs are {test_names}, training inputs {names}")
+            raise TaskError(f"{where}: test inputs are {test_names}, training inputs {names}")
     return Parts(train_part, None, test_part, names, classes)
 
 

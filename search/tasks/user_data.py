@@ -18,10 +18,11 @@ The decoded splits go into one file under ``studies/cache/``: each input as one 
 split (8-bit images as uint8, floats as float32, integers as int64), the targets and the split
 boundaries, read back memory-mapped. A folder's or tensor file's entry is named by a hash of its
 listing (relative names, sizes, modification times) and the settings that shape it, so a study's
-100 trials and every worker process read the decoded tensors instead of the images; a loader is
-called once per command and its entry is named by the content it returned. Entries are written
-to a temporary file and renamed into place, so two processes filling the cache at once both end
-with a whole file. This module imports no Optuna.
+100 trials and every worker process read the decoded tensors instead of the images. A loader is
+called once per command, and data given from Python (``search.run(data=(train, test))``) read
+once per call; their entries are named by a hash of the bytes of their tensors. Entries are
+written to a temporary file and renamed into place, so two processes filling the cache at once
+both end with a whole file. This module imports no Optuna.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from search import references
+from search import given, references
 from search.errors import TaskError
 from search.tasks import image_folder, sources
 from search.tasks.checks import TargetRule, check
@@ -94,13 +95,23 @@ def read(
     test_fraction: float,
     cache_dir: Path,
     rule: TargetRule | None = None,
+    objects: Any = None,
 ) -> UserData:
-    """The data ``text`` names (relative to ``base``), from the cache when it holds it.
+    """The data ``text`` names (relative to ``base``), from the cache when it holds it; for a
+    marker of data given from Python (`search.given`), ``objects``: a (train, test) pair.
 
     Raises:
         TaskError: the data is missing or malformed; the message says which file and why.
     """
     rule = rule or TargetRule()
+    if given.is_marker(text):
+        if image_size is not None:
+            raise TaskError("task.image_size resizes a folder's images; data= hands them over")
+        parts = sources.from_pair(objects, "data=")
+        # Named "data=" in messages; its cache entry by a hash of its bytes, as a loader's.
+        return _store(
+            parts, "data=", "python", "given from Python", test_fraction, cache_dir, None, rule
+        )
     is_loader = references.looks_like_reference(text) and not text.endswith(TENSOR_SUFFIXES)
     if image_size is not None and (is_loader or text.endswith(TENSOR_SUFFIXES)):
         raise TaskError(

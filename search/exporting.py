@@ -34,16 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from search import references, retrain, runner, spaces, trackers
+from search import given, references, retrain, runner, spaces, trackers
 from search import study as studies
 from search.contract import Inputs, map_inputs
 from search.errors import SettingsError, StorageError
-from search.exported import AS_INTEGERS, USAGE_FILE, Prepared, load_model, raw_dtype
+from search.exported import AS_INTEGERS, FACTORY_FILE, USAGE_FILE, Prepared, load_model, raw_dtype
+from search.given import NOTHING, Given
+from search.own_objective import run_own_training
 from search.tasks import Task, placement, resolve
 from search.train import pick_device
 
@@ -63,6 +66,7 @@ class ExportSettings:
     data_dir: Path = Path("data")
     download: bool = False
     mlflow: str | None = None  # also log the model, its metric and files to this tracking URI
+    objects: Given = NOTHING  # what a study made from Python objects needs again (search.given)
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,14 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
     if stored is None or studies.SPACE_ATTR not in study.user_attrs:
         raise StorageError(f"study {settings.study} was not created by search run")
     space = runner.stored_space(study)
+    runner.check_objects(study, space, settings.objects, None)
     trial = chosen_trial(study, settings.trial)
-    task = resolve.resolve(space, data_dir=settings.data_dir, download=settings.download)
+    task = resolve.resolve(
+        space, data_dir=settings.data_dir, download=settings.download, objects=settings.objects
+    )
     runner.check_unchanged(study, task, "its trials cannot be reproduced on what is there now")
+    if task.train is not None:
+        return _export_own_training(settings, study, task, trial, echo)
     device = pick_device(settings.device)
     data = placement.load_data(
         task,
@@ -192,7 +201,9 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         (partial / USAGE_FILE).write_text(
             json.dumps(usage_record(task, model, test_split), indent=2) + "\n"
         )
-        metrics["files"] = _write(partial, model, space, trial, epochs, sample, metrics)
+        metrics["files"] = _write(
+            partial, model, space, trial, epochs, sample, metrics, task.model.fn
+        )
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -208,6 +219,62 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
             mlflow_uri, settings.study, url, uid, out, metrics
         )
     return Exported(out, model, metrics, sample)
+
+
+def _export_own_training(
+    settings: ExportSettings, study: optuna.Study, task: Task, trial: FrozenTrial, echo: Any
+) -> Exported:
+    """A trial of the user's training function, run again with its params: the model the
+    function returns beside its value, as a state dict and as the whole module (pickled by
+    value, so that it loads where the function's code is not)."""
+    name = task.train.name
+    if settings.mlflow:
+        raise SettingsError(
+            f"--mlflow: study {settings.study} trains with a function of your own; log its "
+            "model from that function (mlflow.pytorch.log_model) instead"
+        )
+    if not studies.trial_attrs(trial).get("returned_model"):
+        raise SettingsError(
+            f"study {settings.study}: its training function {name} returns a value, not a "
+            f"model, so there is no model to export; return (value, model) from it to export "
+            f"one, or take the params: search best --study {settings.study}"
+        )
+    seed = studies.trial_attrs(trial)["seed"]
+    stored = study.user_attrs[studies.SETTINGS_ATTR]
+    echo(f"running {name} again with trial {trial.number}'s params (seed {seed})")
+    start = time.perf_counter()
+    value, model = run_own_training(task, trial.params, seed, stored["epochs"])
+    metric = studies.metric_of(study)
+    metrics = {
+        "study": settings.study,
+        "trial": trial.number,
+        "params": trial.params,
+        "metric": metric.name,
+        "direction": metric.direction,
+        f"trial_val_{metric.name}": studies.trial_result(trial, metric),
+        f"val_{metric.name}": value,
+        "seconds": round(time.perf_counter() - start, 3),
+        "seed": seed,
+        "train": task.train.reference,
+        "files": {"model.pt": "state dict", "module.pt": "torch.load(weights_only=False)"},
+        "environment": studies.environment(torch.device("cpu")),
+    }
+    out = settings.out
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        model = model.to("cpu").eval()
+        torch.save(model.state_dict(), partial / "model.pt")
+        torch.save(model, partial / "module.pt", pickle_module=cloudpickle)
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return Exported(out, model, metrics, ())
 
 
 def _shapes(task: Task) -> tuple[tuple[int, ...], ...]:
@@ -270,8 +337,10 @@ def _write(
     epochs: int,
     sample: Inputs,
     metrics: dict[str, Any],
+    factory_fn: Any,
 ) -> dict[str, Any]:
-    """Write the model files and config into ``folder``; reload each and compare its outputs."""
+    """Write the model files and config into ``folder`` (and the factory, when it was given
+    from Python); reload each and compare its outputs."""
     files: dict[str, Any] = {}
     args = sample if isinstance(sample, tuple) else (sample,)
     classify = not model.regression
@@ -281,6 +350,8 @@ def _write(
         expected = model(*args)
         torch.save(model.state_dict(), folder / "model.pt")
         (folder / "config.toml").write_text(config_toml(space, trial, epochs, metrics))
+        if given.is_marker(space.model):
+            (folder / FACTORY_FILE).write_bytes(given.dumps(factory_fn))
         files["model.pt"] = _difference(load_model(folder)(*args), expected, classify)
 
         files["model.torchscript.pt"] = _optional(
