@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import html
+import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
@@ -37,6 +38,7 @@ from search.exporting import export as _export
 from search.given import Given
 from search.runner import RunSettings
 from search.runner import run as _run
+from search.study import rdb_storage
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunSettings)}
 _PATHS = ("data_dir", "checkpoint_dir")
@@ -65,6 +67,12 @@ def run(
         SearchError: bad settings, space, data or model, with the same one-line message the
             command prints; no study is created or changed.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker process is importing the script that started it, and reached this call.
+        raise SettingsError(
+            "search.run ran again in a worker process as it imported your script: put the "
+            'call under if __name__ == "__main__": (workers import the script for its objects)'
+        )
     if settings is not None and options:
         raise SettingsError("give RunSettings or keyword settings, not both")
     if settings is None:
@@ -97,7 +105,7 @@ def run(
 
 
 def export(
-    study: str,
+    study: str | optuna.Study,
     *,
     out: str | PathLike,
     storage: str | None = None,
@@ -125,6 +133,9 @@ def export(
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise SettingsError(f"search.export: unknown setting {name!r}{hint}")
+    if isinstance(study, optuna.Study):
+        storage = storage or _url_of(study)
+        study = study.study_name
     settings = ExportSettings(
         study=study,
         out=Path(out).expanduser(),
@@ -157,6 +168,17 @@ def report(
     """Write the report page of one or more studies, as ``search report`` does (to
     ``reports/<study>.html`` unless ``out``), and return it; in a notebook it shows inline."""
     names = [s.study_name if isinstance(s, optuna.Study) else s for s in studies]
-    loaded = reporting.load(names, storage)
+    loaded = [
+        (s, _url_of(s)) if isinstance(s, optuna.Study) else reporting.load([s], storage)[0]
+        for s in studies
+    ]
+    if not loaded:
+        raise SettingsError("search.report: name at least one study")
     path = reporting.write(loaded, Path(out) if out is not None else reporting.default_path(names))
     return ReportPage(path)
+
+
+def _url_of(study: optuna.Study) -> str:
+    """The storage URL a study object was opened from (an RDB storage's)."""
+    storage = rdb_storage(study)
+    return storage.url if storage is not None else "memory"

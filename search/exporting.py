@@ -24,12 +24,15 @@ renamed into place, so an interrupted export leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import shutil
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,8 +228,8 @@ def _export_own_training(
     settings: ExportSettings, study: optuna.Study, task: Task, trial: FrozenTrial, echo: Any
 ) -> Exported:
     """A trial of the user's training function, run again with its params: the model the
-    function returns beside its value, as a state dict and as the whole module (pickled by
-    value, so that it loads where the function's code is not)."""
+    function returns beside its value, as a state dict and as the whole module (its class
+    pickled by value, so that it loads where the function's code is not)."""
     name = task.train.name
     if settings.mlflow:
         raise SettingsError(
@@ -237,7 +240,7 @@ def _export_own_training(
         raise SettingsError(
             f"study {settings.study}: its training function {name} returns a value, not a "
             f"model, so there is no model to export; return (value, model) from it to export "
-            f"one, or take the params: search best --study {settings.study}"
+            f"one, or take the params: search best {settings.study}"
         )
     seed = studies.trial_attrs(trial)["seed"]
     stored = study.user_attrs[studies.SETTINGS_ATTR]
@@ -266,7 +269,8 @@ def _export_own_training(
     try:
         model = model.to("cpu").eval()
         torch.save(model.state_dict(), partial / "model.pt")
-        torch.save(model, partial / "module.pt", pickle_module=cloudpickle)
+        with _by_value(type(model), task.train.fn):
+            torch.save(model, partial / "module.pt", pickle_module=cloudpickle)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if out.exists():
             out.rmdir()
@@ -275,6 +279,27 @@ def _export_own_training(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return Exported(out, model, metrics, ())
+
+
+@contextlib.contextmanager
+def _by_value(*objects: Any) -> Iterator[None]:
+    """Pickle the user's own modules that ``objects`` come from by value (not by a reference to
+    a file another machine lacks): the function's, and the model class's."""
+    registered = []
+    for item in objects:
+        module = sys.modules.get(getattr(item, "__module__", "") or "")
+        source = getattr(module, "__file__", None)
+        if module is None or module.__name__ in ("__main__", "builtins") or source is None:
+            continue  # __main__ and a notebook's cells go by value already
+        if references.is_library(source) or module in registered:
+            continue
+        cloudpickle.register_pickle_by_value(module)
+        registered.append(module)
+    try:
+        yield
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _shapes(task: Task) -> tuple[tuple[int, ...], ...]:

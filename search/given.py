@@ -64,7 +64,9 @@ def name_of(value: Any) -> str:
     """How an object is called in messages and markers: a function's or class's name."""
     for name in (getattr(value, "__qualname__", None), getattr(value, "__name__", None)):
         if isinstance(name, str) and "<" not in name:
-            return name  # a lambda has none: "<lambda>"
+            return name
+    if getattr(value, "__name__", None) == "<lambda>":
+        return "lambda"
     return type(value).__name__
 
 
@@ -145,7 +147,31 @@ def fingerprint(reference: str, value: Callable[..., Any]) -> dict[str, Any]:
 
 
 def source_of(value: Any) -> str | None:
-    """A function's or class's source text; a class defined in a notebook (whose module has no
+    """A function's or class's source text, followed by the sources of the functions and classes
+    of its own module that it uses by name (a notebook's model class behind its factory), so that
+    editing any of them reads as other code. None where a source cannot be read."""
+    parts: list[str] = []
+    seen: set[int] = set()
+
+    def visit(item: Any) -> bool:
+        if id(item) in seen:
+            return True
+        seen.add(id(item))
+        text = _own_source(item)
+        if text is None:
+            return False
+        parts.append(text)
+        module = getattr(item, "__module__", None)
+        for used in _used_globals(item):
+            if getattr(used, "__module__", None) == module:
+                visit(used)  # one that cannot be read is left out: the rest still tells
+        return True
+
+    return "\n".join(parts) if visit(value) else None
+
+
+def _own_source(value: Any) -> str | None:
+    """The source of one function or class; a class defined in a notebook (whose module has no
     file) as the sources of its methods."""
     try:
         return inspect.getsource(value)
@@ -162,6 +188,28 @@ def source_of(value: Any) -> str | None:
         if parts:
             return f"class {value.__qualname__}:\n" + "".join(parts)
     return None
+
+
+def _used_globals(value: Any) -> list[Any]:
+    """The functions and classes a function (or a class's methods and bases) names globally."""
+    functions = [value] if inspect.isfunction(value) else []
+    found: list[Any] = []
+    if isinstance(value, type):
+        functions = [m for m in vars(value).values() if inspect.isfunction(m)]
+        found += [base for base in value.__bases__ if base is not object]
+    for function in functions:
+        names: list[str] = []
+        codes = [function.__code__]
+        while codes:  # nested functions, lambdas and comprehensions have code of their own
+            code = codes.pop()
+            names += code.co_names
+            codes += [c for c in code.co_consts if inspect.iscode(c)]
+        scope = function.__globals__
+        for name in dict.fromkeys(names):
+            used = scope.get(name)
+            if inspect.isfunction(used) or inspect.isclass(used):
+                found.append(used)
+    return found
 
 
 def dumps(value: Any) -> bytes:

@@ -54,6 +54,8 @@ class Report:
     Attributes:
         seed: the trial's seed (torch, NumPy and ``random`` are seeded with it before the call).
         epochs: the space's ``task.epochs``: the most steps a trial reports.
+        device: the device this worker was given (``--device``, ``--gpus``, ``device=``); on
+            CUDA it is also the current device, so that ``"cuda"`` means it.
         trial: the Optuna trial number (None when `search export` runs the function again).
         restored: the state the function last handed to `checkpoint`, when this trial retries
             one whose worker died; None otherwise.
@@ -68,10 +70,12 @@ class Report:
         epochs: int,
         tracker: Tracker,
         checkpoint: FileCheckpoint | None,
+        device: torch.device | None = None,
     ) -> None:
         self._trial = trial
         self.seed = seed
         self.epochs = epochs
+        self.device = device or torch.device("cpu")
         self.trial = trial.number if trial is not None else None
         self._tracker = tracker
         self._checkpoint = checkpoint
@@ -102,6 +106,12 @@ class Report:
             raise TaskError(
                 f"report(step={step}, ...): steps must increase, and step {self.last_step} was "
                 "reported already"
+            )
+        if step > self.epochs:
+            raise TaskError(
+                f"report(step={step}, ...): beyond task.epochs = {self.epochs}, the most steps a "
+                "trial reports (the pruners' full budget); report epochs 1..report.epochs, or "
+                "raise task.epochs"
             )
         value = _number(value, f"report(step={step}, value={value!r})")
         named = {k: _number(v, f"report(step={step}, {k}={v!r})") for k, v in metrics.items()}
@@ -134,7 +144,7 @@ class Report:
         torch.save(state, buffer)
         buffer.seek(0)
         try:  # what a retry will read, refused now rather than then
-            torch.load(buffer, weights_only=True)
+            torch.load(buffer, weights_only=True, map_location="cpu")
         except Exception as e:
             raise TaskError(
                 f"report.checkpoint(state): a retry could not read it back with "
@@ -166,11 +176,13 @@ class OwnObjective:
         *,
         epochs: int,
         seed: int,
+        device: torch.device | None = None,
         checkpoint_dir: Path | None = None,
         tracker: Tracker | None = None,
     ) -> None:
         self.space = space
         self.task = task
+        self.device = device or torch.device("cpu")
         self.epochs = epochs
         self.seed = seed
         self.checkpoint_dir = checkpoint_dir
@@ -193,7 +205,7 @@ class OwnObjective:
             checkpoint = FileCheckpoint(self.checkpoint_dir / f"{origin}.pt", torch.device("cpu"))
         scoring = self.task.scoring
         metric = scoring.metric_name
-        attrs: dict[str, Any] = {"seed": seed, "device": "yours", "data_mode": "yours"}
+        attrs: dict[str, Any] = {"seed": seed, "device": str(self.device), "data_mode": "yours"}
         if origin != trial.number:
             attrs.update(retry_of=origin, fail_reason=None)
         report = None
@@ -207,10 +219,13 @@ class OwnObjective:
                 epochs=self.epochs,
                 tracker=self.tracker,
                 checkpoint=checkpoint,
+                device=self.device,
             )
             returned = self.task.train.fn(dict(params), report)
             value, model = _returned(returned, report, self.task.train.name)
             attrs["returned_model"] = model is not None
+            if not math.isfinite(value):  # as the harness's loop fails a NaN loss: diverged
+                raise TrialFailure("diverged", report.last_step, f"returned {value}")
         except optuna.TrialPruned as pruned:
             outcome = str(pruned) or f"pruned at epoch {report.last_step if report else 0}"
             raise optuna.TrialPruned(outcome) from None

@@ -177,7 +177,7 @@ def failure_line(error: BaseException) -> str:
     text = _ANSI.sub("", str(error)).strip().splitlines()
     line = f"{type(error).__name__}: {text[0].strip()}" if text else type(error).__name__
     # The innermost frame outside this package and the libraries: where the user's code failed.
-    own = [f for f in traceback.extract_tb(error.__traceback__) if not _is_library(f.filename)]
+    own = [f for f in traceback.extract_tb(error.__traceback__) if not is_library(f.filename)]
     if own:
         line += f" ({Path(own[-1].filename).name}, line {own[-1].lineno})"
     return line
@@ -197,7 +197,8 @@ _LIBRARY_ROOTS = tuple(
 )
 
 
-def _is_library(filename: str) -> bool:
+def is_library(filename: str) -> bool:
+    """Whether ``filename`` is part of this package, the standard library or an installed one."""
     if filename.startswith("<"):
         return True  # importlib's frozen bootstrap
     return str(Path(filename).resolve()).startswith(_LIBRARY_ROOTS)

@@ -177,6 +177,12 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         space, fixed = resume_settings(existing, settings, url, _start_new(settings))
         check_objects(existing, space, settings.objects, settings.trials)
     else:
+        if settings.space is None and settings.objects.items():
+            raise SettingsError(
+                f"search.run: no study {name} yet, and no space= to create it from; give "
+                "space= (a dict, TOML text or a path) with "
+                + ", ".join(f"{keyword}=" for keyword, _ in settings.objects.items())
+            )
         space = spaces.load(settings.space, settings.objects)
         objectives = _objectives(settings, space)
         multi = "," in objectives

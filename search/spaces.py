@@ -291,11 +291,13 @@ def is_text(source: str) -> bool:
 
 def name_of(source: SpaceSource, objects: Given = NOTHING) -> str:
     """A space's name, the default study name: a file's stem; for a space given as a dict or
-    text, the training function's or model factory's name, else the registered task's."""
-    if isinstance(source, dict) or (isinstance(source, str) and is_text(source)):
-        for value in (objects.train, objects.model):
-            if value is not None:
-                return given.name_of(value)
+    text (or none, with objects), the training function's or model factory's name, else the
+    registered task's."""
+    inline = isinstance(source, dict) or (isinstance(source, str) and is_text(source))
+    named = objects.train if objects.train is not None else objects.model
+    if named is not None and (inline or source is None):
+        return given.name_of(named)
+    if inline:
         data = source if isinstance(source, dict) else _parsed_or_empty(source)
         task = data.get("task")
         if isinstance(task, dict) and isinstance(task.get("name"), str):

@@ -172,11 +172,14 @@ def work(
     ):
         objective: Callable[[optuna.Trial], Any]
         if plan.task.train is not None:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # the function's "cuda" is this worker's GPU
             objective = OwnObjective(
                 plan.space,
                 plan.task,
                 epochs=fixed["epochs"],
                 seed=fixed["seed"],
+                device=device,
                 checkpoint_dir=plan.checkpoint_dir / plan.study,
                 tracker=tracker,
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ import search
 from search.errors import SearchError
 
 # A small real training: logistic regression on the bundled digits, with its own loop and data.
-TRAIN_PY = '''
+TRAIN_PY = """
 import os
 
 import torch
@@ -32,9 +33,18 @@ def _data():
     return (x[:1200], y[:1200]), (x[1200:], y[1200:])
 
 
+class Net(nn.Module):  # a class of fn.py: the exported module.pt carries it by value
+    def __init__(self, width):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
 def train(params, report):
     (x, y), (vx, vy) = _data()
-    model = nn.Sequential(nn.Linear(64, params["width"]), nn.ReLU(), nn.Linear(params["width"], 10))
+    model = Net(params["width"])
     optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"])
     first = 1
     if report.restored is not None:  # a retry of a trial whose worker died
@@ -59,7 +69,7 @@ def train(params, report):
     if os.environ.get("RETURN_MODEL"):
         return accuracy, model
     return accuracy
-'''
+"""
 
 
 def space(**task: object) -> dict:
@@ -80,7 +90,9 @@ def project(tmp_path: Path) -> Path:
 
 
 def load(folder: Path, name: str = "space", url: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url or f"sqlite:///{folder}/studies/{name}.db")
+    return optuna.load_study(
+        study_name=name, storage=url or f"sqlite:///{folder}/studies/{name}.db"
+    )
 
 
 def test_a_training_function_is_tuned_pruned_and_shown_like_the_loops_trials(cli, project) -> None:
@@ -97,6 +109,7 @@ def test_a_training_function_is_tuned_pruned_and_shown_like_the_loops_trials(cli
     assert attrs["val_values"] == [best.intermediate_values[s] for s in (1, 2, 3, 4)]
     assert len(attrs["metrics"]["loss"]) == 4 and attrs["train_loss"] == attrs["metrics"]["loss"]
     assert study.user_attrs["search.settings"]["train"] == "fn.py:train"
+    assert attrs["device"] == "cpu"  # report.device: the worker's
     assert study.user_attrs["search.fingerprints"]["train"]["sha256"]
 
     show = cli("show", "space")
@@ -132,7 +145,10 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_and_without_one_from_scr
 
     (project / "b.toml").write_text(toml(space(metric="accuracy")))
     env = {"CHECKPOINT": "0"}
-    assert cli("run", "--space", "b.toml", "--trials", "1", "--pruner", "none", env=env).returncode == 0
+    assert (
+        cli("run", "--space", "b.toml", "--trials", "1", "--pruner", "none", env=env).returncode
+        == 0
+    )
     crash = cli("run", "--study", "b", "--trials", "2", env={**env, "CRASH_AT": "1:3"})
     assert crash.returncode != 0
     again = cli("run", "--study", "b", "--trials", "2", "--heartbeat", "1", env=env)
@@ -174,26 +190,46 @@ def test_export_runs_the_function_again_for_its_model_or_says_there_is_none(cli,
     assert cli("run", "--space", "space.toml", "--trials", "2", "--pruner", "none").returncode == 0
     refused = cli("export", "space", "--out", "m")
     assert refused.returncode == 2
-    assert "returns a value, not a model" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert (
+        "returns a value, not a model" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    )
 
     env = {"RETURN_MODEL": "1"}
     (project / "c.toml").write_text(toml(space(metric="accuracy")))
-    assert cli("run", "--space", "c.toml", "--trials", "2", "--pruner", "none", env=env).returncode == 0
+    assert (
+        cli("run", "--space", "c.toml", "--trials", "2", "--pruner", "none", env=env).returncode
+        == 0
+    )
     exported = cli("export", "c", "--out", "m", env=env)
     assert exported.returncode == 0, exported.stderr
     metrics = json.loads((project / "m" / "metrics.json").read_text())
     best = load(project, "c").best_trial
     assert metrics["val_accuracy"] == pytest.approx(best.value)  # the same seed, the same run
-    module = torch.load(project / "m" / "module.pt", weights_only=False)
     state = torch.load(project / "m" / "model.pt", weights_only=True)
-    assert module(torch.zeros(3, 64)).shape == (3, 10)
-    assert set(state) == set(module.state_dict())
+    # module.pt loads where fn.py cannot be imported.
+    program = (
+        f"import torch; m = torch.load({str(project / 'm' / 'module.pt')!r}, weights_only=False)"
+    )
+    program += "; print(type(m).__name__, m(torch.zeros(3, 64)).shape, sorted(m.state_dict()))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], cwd="/", capture_output=True, text=True, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"Net torch.Size([3, 10]) {sorted(state)}" in loaded.stdout
 
 
 def test_bench_hpo_compares_strategies_on_a_training_function(cli, project) -> None:
     bench = cli(
-        "bench", "hpo", "--space", "space.toml", "--strategies", "random+none,tpe+sha",
-        "--seeds", "1", "--trials", "4",
+        "bench",
+        "hpo",
+        "--space",
+        "space.toml",
+        "--strategies",
+        "random+none,tpe+sha",
+        "--seeds",
+        "1",
+        "--trials",
+        "4",
     )
     assert bench.returncode == 0, bench.stderr
     assert "random+none" in bench.stdout and "tpe+sha" in bench.stdout
@@ -212,6 +248,7 @@ def function_space() -> dict:
         (lambda params, report: 0.5, "returned without calling report(step, value)"),
         (lambda params, report: report(0, 0.5), "step must be an integer from 1"),
         (lambda params, report: report(1, "high"), "report(step=1, value='high'): not a number"),
+        (lambda params, report: report(100, 0.5), "report(step=100, ...): beyond task.epochs = 3"),
         (lambda params: 0.5, "cannot be called as fn(params, report)"),
     ],
 )
@@ -235,6 +272,15 @@ def test_a_functions_own_pruned_exception_prunes_and_its_own_error_stops_the_run
         space=function_space(), train=prunes, trials=2, study="p", echo=lambda line: None
     )
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+
+    def diverges(params, report):
+        report(1, 0.1)
+        return float("nan")
+
+    study = search.run(
+        space=function_space(), train=diverges, trials=2, study="d", echo=lambda line: None
+    )
+    assert [t.user_attrs.get("fail_reason") for t in study.trials] == ["diverged", "diverged"]
 
     def fails(params, report):
         report(1, 0.1)

@@ -20,7 +20,7 @@ from torch import nn
 import search
 from search.errors import SearchError
 
-SCRIPT = '''
+SCRIPT = """
 import sys
 
 import numpy as np
@@ -60,7 +60,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 3:
         exported = search.export(study.study_name, model=build, data=data, out=sys.argv[3])
         print("test", exported.metrics["test_accuracy"])
-'''
+"""
 
 
 def python(folder: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -119,6 +119,80 @@ def test_objects_from_a_script_run_on_two_workers_resume_export_and_the_cli_refu
     assert predicted.returncode == 0, predicted.stderr
 
 
+TRAIN_SCRIPT = """
+import sys
+
+import search
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+class Logistic(nn.Module):  # of __main__: the exported module.pt carries it by value
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def fit(params, report):
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    model = Logistic()
+    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"])
+    for epoch in range(1, report.epochs + 1):
+        for i in range(0, 1200, 100):
+            loss = nn.functional.cross_entropy(model(x[i : i + 100]), y[i : i + 100])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy = (model(x[1200:]).argmax(1) == y[1200:]).float().mean().item()
+        report(epoch, accuracy, loss=loss.item())
+    return accuracy, model
+
+
+space = {
+    "task": {"epochs": 3, "direction": "maximize", "metric": "accuracy"},
+    "params": {"lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True}},
+}
+
+if __name__ == "__main__":
+    trials, jobs = int(sys.argv[1]), int(sys.argv[2])
+    study = search.run(space=space, train=fit, trials=trials, jobs=jobs)
+    print("finished", len([t for t in study.trials if t.state.is_finished()]))
+    if len(sys.argv) > 3:
+        exported = search.export(study, train=fit, out=sys.argv[3])
+        print("value", exported.metrics["val_accuracy"])
+"""
+
+
+def test_a_training_function_from_a_script_on_two_workers_resumes_and_exports(
+    tmp_path: Path, cli
+) -> None:
+    (tmp_path / "fit.py").write_text(TRAIN_SCRIPT)
+    first = python(tmp_path, "fit.py", "4", "2")
+    assert first.returncode == 0, first.stderr
+    assert "finished 4" in first.stdout
+    refused = cli("run", "--study", "fit", "--trials", "5")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        "its training function was given as a Python object, which only Python can give "
+        'again: search.run(study="fit", train=fit, trials=5)'
+    ), refused.stderr
+    again = python(tmp_path, "fit.py", "5", "1", "model")
+    assert again.returncode == 0, again.stderr
+    assert "finished 5" in again.stdout
+    # module.pt loads in a process that has never seen the script.
+    load = "import torch; m = torch.load('model/module.pt', weights_only=False); "
+    load += "print(type(m).__name__, m(torch.zeros(2, 64)).shape)"
+    loaded = python(tmp_path, "-c", load.replace("model/", f"{tmp_path}/model/"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "Logistic torch.Size([2, 10])" in loaded.stdout
+
+
 def write_npz(folder: Path) -> Path:
     digits = load_digits()
     path = folder / "new.npz"
@@ -142,7 +216,9 @@ def digits_data(n: int = 600):
 
 
 def build(input_shape, num_classes, width):
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_classes)
+    )
 
 
 SPACE_TEXT = textwrap.dedent(
@@ -170,9 +246,7 @@ def test_a_space_as_toml_text_with_a_dataset_or_a_file_path_as_data(
     assert study.user_attrs["search.fingerprints"]["data"]["test"] == "held out"
 
     np.savez(tmp_path / "d.npz", x_train=train_x, y_train=train_y, x_test=test[0], y_test=test[1])
-    study = search.run(
-        space=SPACE_TEXT, model=build, data="d.npz", study="file", trials=2, **quiet
-    )
+    study = search.run(space=SPACE_TEXT, model=build, data="d.npz", study="file", trials=2, **quiet)
     assert study.user_attrs["search.space"]["task"]["data"] == "d.npz"
 
 
@@ -207,13 +281,24 @@ BAD_CALLS = {
     ),
     "data of the wrong form": ({"data": 5}, "task.data: data= is 'int'; give (train, test)"),
     "data of three splits": ({"data": (1, 2, 3)}, "data= is 'tuple' of 3"),
+    "data as one (x, y) pair": (
+        {"data": digits_data()[0]},
+        "task.data: data= looks like one (x, y) pair; give (train, test)",
+    ),
     "model= with train=": (
         {"train": lambda params, report: 0.0},
         "search.run: model= and train= together",
     ),
     "a space of another type": ({"space": 42}, "search.run: space= must be a path, a dict"),
-    "a space that is not TOML": ({"space": "[task]\nepochs = = 1\n"}, "space (TOML text): not valid TOML"),
+    "a space that is not TOML": (
+        {"space": "[task]\nepochs = = 1\n"},
+        "space (TOML text): not valid TOML",
+    ),
     "data with a NaN": ("nan", "task.data: data=: training data: 1 example has NaN"),
+    "objects with no space and no study": (
+        {"space": None},
+        "search.run: no study build yet, and no space= to create it from",
+    ),
     "a factory that fails": (
         {"model": lambda input_shape, num_classes, width: nn.Linear(3, 2)},
         "the forward pass on 2 training examples",

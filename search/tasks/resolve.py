@@ -244,6 +244,11 @@ def changed(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
         if old["sha256"] != new["sha256"]:
             if new.get("python"):
                 was = old.get("name") or given.name_of_marker(old["reference"])
+                if was == new["name"]:
+                    return (
+                        f"{what} {was} given from Python has other source than the {was} the "
+                        "study was created with (its own, or that of what it uses by name)"
+                    )
                 return (
                     f"{what} {new['name']} given from Python is not {was}, the one the study was "
                     "created with (their sources differ)"

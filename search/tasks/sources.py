@@ -136,6 +136,11 @@ def from_pair(result: Any, where: str, got: str = "data= is", takes: str = "give
     train, test = result
     if train is None:
         raise TaskError(f"{where}: no training data (train is None)")
+    if _is_array(train):
+        raise TaskError(
+            f"{where} looks like one (x, y) pair; {takes} (train, test): ((x_train, y_train), "
+            "(x_test, y_test)), or (train, None) to hold out a share of train as the test split"
+        )
     (train_part, names), classes = examples(train, f"{where}: train"), _classes(train)
     test_part = None
     if test is not None:
@@ -228,7 +233,10 @@ def several(value: Any, where: str) -> tuple[tuple[torch.Tensor, ...], tuple[str
 
 
 def _is_array(value: Any) -> bool:
-    return isinstance(value, torch.Tensor | np.ndarray)
+    """A tensor, an array, or what NumPy reads as one (a pandas DataFrame or Series)."""
+    return isinstance(value, torch.Tensor | np.ndarray) or (
+        hasattr(value, "__array__") and not isinstance(value, str | bytes)
+    )
 
 
 def tensor(value: Any, where: str) -> torch.Tensor:
