@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -145,6 +145,8 @@ class EpochResult:
     seconds: float  # wall time since the previous report, training and evaluation
     images_per_second: float  # training throughput, in examples
     step: int = 0  # 1-based report count, what the pruner sees (0: a row saved without one)
+    # Other numbers a training function of the user's reported with its value, by name.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.step == 0:  # a checkpoint row from before reports could come more often

@@ -125,6 +125,7 @@ class Report:
             seconds=now - self._since,
             images_per_second=0.0,
             step=int(step),
+            metrics=named,
         )
         self._since = now
         self._record(result)

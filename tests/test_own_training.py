@@ -13,6 +13,7 @@ import optuna
 import pytest
 import torch
 from conftest import search_command, toml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import search
 from search.errors import SearchError
@@ -124,8 +125,12 @@ def test_a_training_function_is_tuned_pruned_and_shown_like_the_loops_trials(cli
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
     note = get_note_from_system_attrs(system_attrs, best._trial_id)["body"]
     assert "| epoch | val accuracy |" in note  # optuna-dashboard's note beside the trial
-    events = list((project / "tb" / "space").rglob("events.out.tfevents.*"))
-    assert events, "no TensorBoard event files"
+    run = EventAccumulator(str(project / "tb" / "space" / f"trial-{best.number}"))
+    run.Reload()
+    assert {e.step: e.value for e in run.Scalars("val_accuracy")} == pytest.approx(
+        best.intermediate_values
+    )
+    assert [e.value for e in run.Scalars("loss")] == pytest.approx(attrs["metrics"]["loss"])
 
 
 def test_a_crashed_trial_is_retried_from_its_checkpoint_and_without_one_from_scratch(

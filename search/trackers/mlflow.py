@@ -297,6 +297,7 @@ class MlflowTracker(Tracker):
             "images_per_second": result.images_per_second,
             "epoch": float(result.epoch),
             "report_seconds": result.seconds,
+            **result.metrics,  # a training function's own numbers
         }
         self._pending.setdefault(number, []).append(
             [(key, value, now, step) for key, value in values.items()]

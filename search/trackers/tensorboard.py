@@ -53,6 +53,8 @@ class TensorBoardTracker(Tracker):
         writer.add_scalar("train_loss", result.train_loss, step)
         writer.add_scalar("images_per_second", result.images_per_second, step)
         writer.add_scalar("epoch", result.epoch, step)
+        for name, value in result.metrics.items():  # a training function's own numbers
+            writer.add_scalar(name, value, step)
         writer.flush()  # seen in TensorBoard at once, not after the writer's two-minute timer
         start, previous, _ = self._started[number]
         self._started[number] = (start, previous, step)
