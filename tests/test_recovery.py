@@ -18,7 +18,8 @@ from test_dashboard import Dashboard, _search
 from search import study as studies
 
 TARGET = 16
-# Long enough that the study outlives every kill: 16 trials of about 2-3 s each on 2 cores.
+# Long enough that the study outlives every kill (each comes at most 1.5 s after a run's first
+# checkpoint): 16 trials of about 2-3 s each on 2 cores.
 EPOCHS = 30
 
 
@@ -33,16 +34,35 @@ def _start(cwd: Path, space: Path) -> subprocess.Popen[str]:
     )
 
 
+def _saved_since(folder: Path, since_ns: int) -> bool:
+    """Whether a checkpoint in ``folder`` was written after ``since_ns``."""
+    for path in folder.glob("*.pt*"):
+        try:
+            if path.stat().st_mtime_ns > since_ns:
+                return True
+        except FileNotFoundError:
+            continue  # a partial file renamed into place meanwhile
+    return False
+
+
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_from_checkpoints(
     tmp_path: Path, write_space
 ) -> None:
     space = write_space(tiny_space(epochs=EPOCHS))
     rng = random.Random(4)
+    checkpoints = tmp_path / "studies" / "checkpoints" / "tiny"
     kills = 0
     for _ in range(4):
+        started = time.time_ns()
         process = _start(tmp_path, space)
-        # Past the start-up (imports, data), into the trials, at a different moment each time.
-        time.sleep(rng.uniform(7.0, 11.0))
+        # Into the trials whatever the machine's speed: once this run has saved a checkpoint,
+        # then at a different moment each time (mid-epoch, mid-write, between trials).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if _saved_since(checkpoints, started):
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
