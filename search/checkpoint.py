@@ -46,6 +46,10 @@ class FileCheckpoint:
         # while a plain write says "No space left on device".
         buffer = io.BytesIO()
         torch.save(state, buffer)
+        self.write(buffer)
+
+    def write(self, buffer: io.BytesIO) -> None:
+        """Replace the checkpoint with ``buffer``, a state already serialized by `torch.save`."""
         partial = self.path.with_name(self.path.name + ".partial")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

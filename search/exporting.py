@@ -197,10 +197,7 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
         "data_mode": data.mode,
         "environment": studies.environment(device),
     }
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with _folder(out) as partial:
         (partial / USAGE_FILE).write_text(
             json.dumps(usage_record(task, model, test_split), indent=2) + "\n"
         )
@@ -208,12 +205,6 @@ def export(settings: ExportSettings, echo: Any = print) -> Exported:
             partial, model, space, trial, epochs, sample, metrics, task.model.fn
         )
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     if mlflow_uri:
         from search.trackers.mlflow import log_export
 
@@ -262,23 +253,30 @@ def _export_own_training(
         "files": {"model.pt": "state dict", "module.pt": "torch.load(weights_only=False)"},
         "environment": studies.environment(torch.device("cpu")),
     }
-    out = settings.out
-    partial = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        model = model.to("cpu").eval()
+    model = model.to("cpu").eval()
+    with _folder(settings.out) as partial:
         torch.save(model.state_dict(), partial / "model.pt")
         with _by_value(type(model), task.train.fn):
             torch.save(model, partial / "module.pt", pickle_module=cloudpickle)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return Exported(settings.out, model, metrics, ())
+
+
+@contextlib.contextmanager
+def _folder(out: Path) -> Iterator[Path]:
+    """A folder to write the export into beside ``out`` (empty or absent, checked before),
+    renamed into place when the block ends; removed if it fails."""
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
         if out.exists():
-            out.rmdir()
+            out.rmdir()  # empty, checked above
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return Exported(out, model, metrics, ())
 
 
 @contextlib.contextmanager

@@ -27,8 +27,8 @@ import cloudpickle
 from search.errors import SettingsError
 
 MARKER = "<python>"
-# The [task] key each object stands for, and the keyword that gives it.
-KEYS = {"model": "task.model", "data": "task.data", "train": "task.train"}
+# The keywords that give objects; each stands for the [task] key of its name (task.model ...).
+KEYWORDS = ("model", "data", "train")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,6 @@ def mark(task: dict[str, Any], given: Given) -> dict[str, Any]:
         )
     table = dict(task)
     for keyword, value in given.items():
-        key = KEYS[keyword]
-        field = key.removeprefix("task.")
         if keyword in ("model", "train") and not callable(value):
             raise SettingsError(
                 f"search.run: {keyword}= must be a callable (a function or class), got "
@@ -96,35 +94,31 @@ def mark(task: dict[str, Any], given: Given) -> dict[str, Any]:
             new = str(value)  # one of the file forms, relative to the current folder
         else:
             new = marker("data" if keyword == "data" else name_of(value))
-        if field in table and table[field] != new:
+        if keyword in table and table[keyword] != new:
             raise SettingsError(
-                f"search.run: {keyword}= given, and the space names {key} = {table[field]!r}; "
-                "give one of them"
+                f"search.run: {keyword}= given, and the space names task.{keyword} = "
+                f"{table[keyword]!r}; give one of them"
             )
         if keyword == "data" and "name" in table:
             raise SettingsError(
                 f"search.run: data= given, and the space names the registered task "
                 f"task.name = {table['name']!r}; give one of them"
             )
-        table[field] = new
+        table[keyword] = new
     return table
 
 
 def missing(task: dict[str, Any], given: Given) -> list[str]:
     """The keywords whose objects a stored space stands for and ``given`` lacks."""
-    return [
-        keyword
-        for keyword, key in KEYS.items()
-        if is_marker(task.get(key.removeprefix("task."))) and getattr(given, keyword) is None
-    ]
+    return [k for k in KEYWORDS if is_marker(task.get(k)) and getattr(given, k) is None]
 
 
 def call_arguments(task: dict[str, Any]) -> str:
     """The keyword arguments that give a stored space's objects again, as a call would:
     ``model=build, data=(train, test)``."""
     shown = []
-    for keyword, key in KEYS.items():
-        value = task.get(key.removeprefix("task."))
+    for keyword in KEYWORDS:
+        value = task.get(keyword)
         if is_marker(value):
             shown.append(
                 f"{keyword}={'(train, test)' if keyword == 'data' else name_of_marker(value)}"

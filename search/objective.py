@@ -81,14 +81,7 @@ class Objective:
         hp = self.space.hyperparameters(params)
         scoring = self.task.scoring
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
-        # Once per trial: the origin and any OOM trials. This is the read Optuna's samplers
-        # made for this trial (a random sampler's objective makes it here).
-        trials = trial.study._get_trials(deepcopy=False, use_cache=True)
-        remember = getattr(trial.study.pruner, "remember", None)
-        if remember is not None:
-            remember(trial.number, trials)  # and what the pruner compares the trial with
-        # A retry (of a trial whose worker died) is that trial again: same seed, same checkpoint.
-        origin = original_number(trials[trial.number])
+        trials, origin = read_trials(trial)  # also what the OOM check below compares with
         self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         device = self.data.device
@@ -198,6 +191,18 @@ class Objective:
             "params": float(attrs["param_count"]),
         }
         return (value, *(costs[name] for name in self.objectives[1:]))
+
+
+def read_trials(trial: optuna.Trial) -> tuple[list[optuna.trial.FrozenTrial], int]:
+    """The study's trials, read once per trial, and the number of the trial this one retries (or
+    its own): a retry of a trial whose worker died is that trial again, with the same seed and
+    checkpoint. This is the read Optuna's samplers made for this trial (a random sampler's
+    objective makes it here); a pruner that remembers it compares the trial with those."""
+    trials = trial.study._get_trials(deepcopy=False, use_cache=True)
+    remember = getattr(trial.study.pruner, "remember", None)
+    if remember is not None:
+        remember(trial.number, trials)
+    return trials, original_number(trials[trial.number])
 
 
 def _fit_or_oom(

@@ -39,9 +39,10 @@ from search.errors import (
     TrialFailure,
     first_line,
 )
+from search.objective import read_trials
 from search.references import failure_line
 from search.spaces import Space
-from search.study import TRIAL_ATTR, original_number, retried_from, trial_seed
+from search.study import TRIAL_ATTR, retried_from, trial_seed
 from search.tasks import Task
 from search.trackers import Tracker
 
@@ -80,14 +81,12 @@ class Report:
         self._tracker = tracker
         self._checkpoint = checkpoint
         self.history: list[EpochResult] = []
-        self.metrics: dict[str, list[float]] = {}
         self.pruning_seconds = 0.0
         self._since = time.perf_counter()
         self.restored: Any = None
         state = checkpoint.load() if checkpoint is not None else None
         if state is not None:
             self.restored = state["state"]
-            self.metrics = {k: list(v) for k, v in state.get("metrics", {}).items()}
             for row in state["history"]:  # recorded again: a retry is a new trial
                 self._record(EpochResult.from_row(row))
         self.restored_steps = self.last_step
@@ -95,6 +94,15 @@ class Report:
     @property
     def last_step(self) -> int:
         return self.history[-1].step if self.history else 0
+
+    @property
+    def metrics(self) -> dict[str, list[float]]:
+        """Every number reported beside the value, by name, in the order reported."""
+        named: dict[str, list[float]] = {}
+        for result in self.history:
+            for name, number in result.metrics.items():
+                named.setdefault(name, []).append(number)
+        return named
 
     def __call__(self, step: int, value: float, **metrics: float) -> None:
         """Record ``value`` (the metric the study optimizes) at ``step`` (1, 2, ... up to
@@ -115,8 +123,6 @@ class Report:
             )
         value = _number(value, f"report(step={step}, value={value!r})")
         named = {k: _number(v, f"report(step={step}, {k}={v!r})") for k, v in metrics.items()}
-        for name, number in named.items():
-            self.metrics.setdefault(name, []).append(number)
         now = time.perf_counter()
         result = EpochResult(
             epoch=int(step),
@@ -142,23 +148,18 @@ class Report:
         if self._checkpoint is None:
             return
         buffer = io.BytesIO()
-        torch.save(state, buffer)
-        buffer.seek(0)
+        torch.save(
+            {"state": state, "history": [dataclasses.asdict(r) for r in self.history]}, buffer
+        )
         try:  # what a retry will read, refused now rather than then
-            torch.load(buffer, weights_only=True, map_location="cpu")
+            torch.load(io.BytesIO(buffer.getvalue()), weights_only=True, map_location="cpu")
         except Exception as e:
             raise TaskError(
                 f"report.checkpoint(state): a retry could not read it back with "
                 f"torch.load(weights_only=True) ({first_line(e)}); hand over state dicts, "
                 "tensors, numbers, lists and dicts"
             ) from None
-        self._checkpoint.save(
-            {
-                "state": state,
-                "history": [dataclasses.asdict(r) for r in self.history],
-                "metrics": self.metrics,
-            }
-        )
+        self._checkpoint.write(buffer)
 
     def _record(self, result: EpochResult) -> None:
         self.history.append(result)
@@ -193,11 +194,7 @@ class OwnObjective:
         sampling_start = time.perf_counter()
         params = self.space.suggest(trial)
         sampling_seconds = time.perf_counter() - sampling_start
-        trials = trial.study._get_trials(deepcopy=False, use_cache=True)
-        remember = getattr(trial.study.pruner, "remember", None)
-        if remember is not None:
-            remember(trial.number, trials)
-        origin = original_number(trials[trial.number])
+        trials, origin = read_trials(trial)
         self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         _seed_everything(seed)

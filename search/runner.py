@@ -533,12 +533,12 @@ def check_objects(study: optuna.Study, space: Space, objects: Given, trials: int
         raise SettingsError(
             f"study {name}: {which} {given_as}, which only Python can give again: {call}"
         )
-    for keyword in dict(objects.items()):
-        value = table.get(given.KEYS[keyword].removeprefix("task."))
-        if not given.is_marker(value) and not (keyword == "data" and value == str(objects.data)):
+    for keyword, value in objects.items():
+        stored = table.get(keyword)
+        if not given.is_marker(stored) and not (keyword == "data" and stored == str(value)):
             raise SettingsError(
-                f"{keyword}= given, and study {name} was created with {given.KEYS[keyword]} = "
-                f"{value!r}, not an object from Python; leave {keyword}= out"
+                f"{keyword}= given, and study {name} was created with task.{keyword} = "
+                f"{stored!r}, not an object from Python; leave {keyword}= out"
             )
 
 

@@ -347,9 +347,7 @@ def from_data(data: dict[str, Any], *, name: str, source: str, base_dir: Path = 
     for key in _REQUIRED_TASK_KEYS:
         if key not in task_table:
             raise fail(f"task.{key}", "missing")
-    for key, kind in _TASK_KEYS.items():
-        if key in task_table and not _is(task_table[key], kind):
-            raise fail(f"task.{key}", f"must be {_KIND_WORD[kind]}, got {task_table[key]!r}")
+    _check_types(task_table, fail)
     model = task_table["model"]
     data_ref = task_table.get("data")
     if data_ref is None:
@@ -481,9 +479,7 @@ def _own_training(
                 "not for a training function of your own (task.train), which trains however it "
                 f"likes; [task] takes {', '.join(_TRAIN_TASK_KEYS)}",
             )
-    for key, kind in _TASK_KEYS.items():
-        if key in task_table and not _is(task_table[key], kind):
-            raise fail(f"task.{key}", f"must be {_KIND_WORD[kind]}, got {task_table[key]!r}")
+    _check_types(task_table, fail)
     train = task_table["train"]
     if not given.is_marker(train) and not references.looks_like_reference(train):
         raise fail(
@@ -527,6 +523,13 @@ def _own_training(
         scoring=scoring.own_training(metric, direction),
         train=train,
     )
+
+
+def _check_types(task_table: dict[str, Any], fail: Callable[[str, str], SpaceError]) -> None:
+    """Each ``[task]`` key's value is of its type (`_TASK_KEYS`)."""
+    for key, kind in _TASK_KEYS.items():
+        if key in task_table and not _is(task_table[key], kind):
+            raise fail(f"task.{key}", f"must be {_KIND_WORD[kind]}, got {task_table[key]!r}")
 
 
 def _params(

@@ -46,9 +46,8 @@ def resolve(
         SpaceError: ``<space file>: task.model|task.data|task.loss|task.metric: <what is wrong>``.
     """
     for keyword in given.missing(space.data["task"], objects):
-        key = given.KEYS[keyword]
         raise SpaceError(
-            f"{space.source}: {key}: stands for an object given from Python "
+            f"{space.source}: task.{keyword}: stands for an object given from Python "
             f"(search.run({keyword}=...)), and none was given"
         )
     if space.train is not None:
