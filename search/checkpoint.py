@@ -25,7 +25,9 @@ class FileCheckpoint:
     def __init__(self, path: Path, map_location: torch.device) -> None:
         self.path = path
         self.map_location = map_location
-        self.restored_epochs = 0  # how many epochs the last load brought back
+        self.restored_epochs: float = (
+            0  # epochs the last load brought back (a paused trial's: a fraction)
+        )
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
@@ -33,7 +35,7 @@ class FileCheckpoint:
         try:
             state = torch.load(self.path, map_location=self.map_location, weights_only=True)
             history = state["history"]
-            self.restored_epochs = round(history[-1]["epoch"]) if history else 0  # whole epochs
+            self.restored_epochs = history[-1]["epoch"] if history else 0
             return state
         except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
             raise StorageError(

@@ -138,6 +138,7 @@ def fit(
     history: list[EpochResult] | None = None,
     reports_per_epoch: int = 1,
     schedule_epochs: int | None = None,
+    save_at: int | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` on ``data`` for ``epochs`` epochs; evaluate the validation metric and
     call ``on_epoch`` ``reports_per_epoch`` times per epoch (after equal shares of its steps).
@@ -146,7 +147,10 @@ def fit(
     ``epochs``), so that training fewer epochs follows the first part of the same schedule.
     ``on_epoch`` may raise to stop training (the objective raises ``optuna.TrialPruned``).
     With a ``checkpoint``, training continues from the state it holds (passing each restored
-    report to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``.
+    report to ``on_epoch`` first) and saves its state after every epoch, before ``on_epoch``;
+    also at report ``save_at`` (a step, 1.. epochs × ``reports_per_epoch``) inside an epoch,
+    where a trial pauses: its state then holds the epoch's data order, and training continues
+    from that step exactly, drawing the epoch's batches up to it without training on them.
     Reports are appended to ``history`` (returned), which the caller keeps even when training
     stops with an exception. Evaluating draws no random numbers, so the epochs train alike
     however often they are reported.
@@ -176,12 +180,14 @@ def fit(
     eval_batch = eval_batch_size(device)
     history = [] if history is None else history
     state = checkpoint.load() if checkpoint is not None else None
+    skip = 0  # batches of the first epoch already trained on, when it resumes inside an epoch
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if "schedule" in state:  # checkpoints from before schedules ran at a constant rate
             schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"].to(generator.device))
+        skip = state.get("epoch_steps", 0)
         torch.set_rng_state(state["torch_rng"])
         restored = [EpochResult.from_row(row) for row in state["history"]]
         history.extend(restored)
@@ -189,13 +195,16 @@ def fit(
             if on_epoch is not None:
                 on_epoch(result)
     faults.check_oom(hp.batch_size)
-    # A checkpoint holds whole epochs only: a retry starts after the last one it saved.
+    # A retry starts after the last whole epoch saved, a paused trial after the step it paused at.
     for epoch in range(len(history) // reports_per_epoch + 1, epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         done = 0  # steps since the last report
+        epoch_order = generator.get_state()  # what draws this epoch's order and augmentation
         for step, (x, y) in enumerate(data.batches(hp.batch_size, generator, augment), 1):
+            if step <= skip:
+                continue  # drawn as before the pause, so that the rest of the epoch is the same
             with _autocast(device):
                 loss = loss_of(model_output(model, x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -219,33 +228,42 @@ def fit(
             )
             model.train()
             seconds = time.perf_counter() - start
-            for report in report_after[step]:
-                result = EpochResult(
+            group = report_after[step]  # several reports of one evaluation: a short epoch
+            results = [
+                EpochResult(
                     epoch=_in_epochs(epoch, report, reports_per_epoch),
                     train_loss=train_loss,
                     value=value,
-                    seconds=seconds,
+                    # A second report of the same evaluation cost nothing more.
+                    seconds=seconds if report == group[0] else 0.0,
                     images_per_second=done * hp.batch_size / train_seconds,
                     step=(epoch - 1) * reports_per_epoch + report,
                 )
-                seconds = 0.0  # a second report of the same evaluation cost nothing more
+                for report in group
+            ]
+            ends_epoch = group[-1] == reports_per_epoch
+            for i, result in enumerate(results):
                 history.append(result)
-                if checkpoint is not None and report == reports_per_epoch:
-                    checkpoint.save(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(),
-                            "generator": generator.get_state(),
-                            "torch_rng": torch.get_rng_state(),
-                            "history": [dataclasses.asdict(r) for r in history],
-                        }
-                    )
+                pausing = result.step == save_at
+                if checkpoint is not None and (pausing or (ends_epoch and i == len(group) - 1)):
+                    saved = {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "generator": generator.get_state() if ends_epoch else epoch_order,
+                        "torch_rng": torch.get_rng_state(),
+                        # A pause keeps the rest of this evaluation's reports, which follow it.
+                        "history": [dataclasses.asdict(r) for r in history + results[i + 1 :]],
+                    }
+                    if not ends_epoch:
+                        saved["epoch_steps"] = step
+                    checkpoint.save(saved)
                 if on_epoch is not None:
                     on_epoch(result)
             start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             done = 0
+        skip = 0
     return history
 
 

@@ -252,3 +252,39 @@ def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(StorageError, match=f"checkpoint {path}: unreadable"):
         FileCheckpoint(path, CPU).load()
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_a_pause_inside_an_epoch_continues_exactly(tmp_path, digits: DeviceData, augment) -> None:
+    """Successive halving pauses a trial at a report inside an epoch: going on from its state
+    trains the rest of that epoch on the same batches (and augmentations) as without the pause."""
+    from search.checkpoint import FileCheckpoint
+
+    hp = Hyperparameters(lr=0.02, batch_size=64, optimizer="sgd", momentum=0.9, augment=augment)
+    kwargs = {"epochs": 2, "seed": 3, "reports_per_epoch": 4}
+    straight = fit(_model(), digits, hp, **kwargs)
+
+    checkpoint = FileCheckpoint(tmp_path / "t.pt", CPU)
+
+    class Paused(Exception):
+        pass
+
+    def pause_at_step_6(result: EpochResult) -> None:
+        if result.step == 6:  # half-way through epoch 2
+            raise Paused
+
+    with pytest.raises(Paused):
+        fit(
+            _model(),
+            digits,
+            hp,
+            on_epoch=pause_at_step_6,
+            checkpoint=checkpoint,
+            save_at=6,
+            **kwargs,
+        )
+    continued = fit(_model(), digits, hp, checkpoint=checkpoint, **kwargs)
+    assert checkpoint.restored_epochs == 1.5
+    assert [r.step for r in continued] == list(range(1, 9))
+    assert [r.train_loss for r in continued] == [r.train_loss for r in straight]
+    assert [r.value for r in continued] == [r.value for r in straight]
