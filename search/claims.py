@@ -14,16 +14,25 @@ A claim is a trial system attr named after its trial (``search:claim:<trial id>`
 deleted with its trial's study, and the copy that Optuna's retry makes of a failed trial's system
 attrs names the failed trial, not the retry: a retried trial claims a place of its own. A claimed trial that fails without counting (interrupted, crashed)
 gives its place back by leaving the RUNNING state.
+
+Under successive halving that promotes (`search.promotion`), a configuration's place stays with
+its first trial, finished when it pauses: its continuations neither claim nor count, and the
+count of them still to run (``continuing``) keeps the workers at work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import optuna
 import sqlalchemy
+import sqlalchemy.exc
 
 from search import study as studies
+from search.rungs import CONTINUES
 
 CLAIM_KEY = "search:claim:"  # + the trial's id: a copy of it in a retry names another trial
 _ADVISORY_NAMESPACE = 0x5EA4C  # the first key of PostgreSQL's two-key advisory locks: ours
@@ -63,11 +72,22 @@ def _counts_query() -> sqlalchemy.Select:
         _system_attrs.c.key
         == sqlalchemy.literal(CLAIM_KEY) + sqlalchemy.cast(t.trial_id, sqlalchemy.String),
     )
+    # A continuation of a paused trial (`search.promotion`): its configuration's place is the
+    # paused trial's, which keeps counting as finished.
+    continuation = sqlalchemy.exists().where(
+        _system_attrs.c.trial_id == t.trial_id, _system_attrs.c.key == CONTINUES
+    )
+    new = sqlalchemy.not_(continuation)
     state = sqlalchemy.cast(t.state, sqlalchemy.String)  # PostgreSQL keeps it as an enum type
     running = state == "RUNNING"
-    finished = sqlalchemy.or_(
-        state.in_(["COMPLETE", "PRUNED"]), sqlalchemy.and_(state == "FAIL", counted_failure)
+    finished = sqlalchemy.and_(
+        new,
+        sqlalchemy.or_(
+            state.in_(["COMPLETE", "PRUNED"]), sqlalchemy.and_(state == "FAIL", counted_failure)
+        ),
     )
+    continuing = sqlalchemy.and_(continuation, state.in_(["RUNNING", "WAITING"]))
+    waiting = sqlalchemy.and_(continuation, state == "WAITING")
 
     def total(condition: sqlalchemy.ColumnElement[bool]) -> sqlalchemy.ColumnElement[int]:
         return sqlalchemy.func.coalesce(
@@ -75,7 +95,11 @@ def _counts_query() -> sqlalchemy.Select:
         )
 
     return sqlalchemy.select(
-        total(finished), total(sqlalchemy.and_(running, own_claim)), total(running)
+        total(finished),
+        total(sqlalchemy.and_(running, own_claim, new)),
+        total(sqlalchemy.and_(running, new)),
+        total(continuing),
+        total(waiting),
     ).where(t.study_id == sqlalchemy.bindparam("study_id"))
 
 
@@ -83,9 +107,22 @@ _COUNTS = _counts_query()  # built once: building it costs more than running it
 _CLAIM = sqlalchemy.insert(_system_attrs)
 
 
-def counts(study: optuna.Study) -> tuple[int, int, int]:
-    """In one query: the study's finished trials (as `search.study.is_finished` counts them), its
-    running trials that hold a place, and all its running trials (some about to claim one)."""
+@dataclass(frozen=True)
+class Counts:
+    """A study's trials as its target counts them: ``finished`` (as `search.study.count_finished`
+    counts them), ``claimed`` (running with a place), ``running`` (some about to claim one) and
+    ``continuing`` (continuations of paused trials, waiting or running: work left of
+    configurations already counted), ``waiting`` of them."""
+
+    finished: int
+    claimed: int
+    running: int
+    continuing: int
+    waiting: int
+
+
+def counts(study: optuna.Study) -> Counts:
+    """The study's `Counts`, in one query."""
     with _engine(study).connect() as connection:
         return _counts(connection, study._study_id)
 
@@ -96,8 +133,8 @@ def claim(study: optuna.Study, trial_id: int, target: int) -> bool:
     engine = _engine(study)
     with engine.connect() as connection:
         _lock(connection, study._study_id)
-        finished, claimed, _ = _counts(connection, study._study_id)
-        admitted = finished + claimed < target
+        now = _counts(connection, study._study_id)
+        admitted = now.finished + now.claimed < target
         if admitted:
             connection.execute(
                 _CLAIM,
@@ -109,6 +146,43 @@ def claim(study: optuna.Study, trial_id: int, target: int) -> bool:
             )
         connection.commit()
     return admitted
+
+
+def is_continuation(trial: optuna.Trial) -> bool:
+    """Whether ``trial`` continues a paused one: it takes no place of its own."""
+    return CONTINUES in trial.storage.get_trial_system_attrs(trial._trial_id)
+
+
+@contextlib.contextmanager
+def decision_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold the study's lock for rung decisions while Optuna's own connections write: for
+    SQLite, the database folder's file lock (the one that guards creating its schema); for a
+    server, a session-level lock on a connection of its own."""
+    storage = studies.rdb_storage(study)
+    path = studies.sqlite_path(str(storage.engine.url)) if storage is not None else None
+    if path is not None:
+        with studies.folder_lock(path):
+            yield
+        return
+    engine = _engine(study)
+    with engine.connect() as connection:
+        dialect = connection.dialect.name
+        key = {"namespace": _ADVISORY_NAMESPACE + 1, "study_id": study._study_id}
+        if dialect == "postgresql":
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_lock(:namespace, :study_id)"), key
+            )
+            unlock = "SELECT pg_advisory_unlock(:namespace, :study_id)"
+        else:
+            lock_name = {"name": f"search-rungs-{study._study_id}"}
+            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, 600)"), lock_name)
+            key, unlock = lock_name, "SELECT RELEASE_LOCK(:name)"
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text(unlock), key)
+            connection.commit()
 
 
 def _lock(connection: sqlalchemy.Connection, study_id: int) -> None:
@@ -129,9 +203,8 @@ def _lock(connection: sqlalchemy.Connection, study_id: int) -> None:
         )
 
 
-def _counts(connection: sqlalchemy.Connection, study_id: int) -> tuple[int, int, int]:
-    finished, claimed, running = connection.execute(_COUNTS, {"study_id": study_id}).one()
-    return int(finished), int(claimed), int(running)
+def _counts(connection: sqlalchemy.Connection, study_id: int) -> Counts:
+    return Counts(*(int(n) for n in connection.execute(_COUNTS, {"study_id": study_id}).one()))
 
 
 def _engine(study: optuna.Study) -> sqlalchemy.Engine:

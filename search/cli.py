@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--seed", type=int, help="study seed; each trial derives its own (default: 0)")
+    run.add_argument(
+        "--warm-start",
+        action="append",
+        default=[],
+        metavar="STUDY",
+        help="begin a new study with the best configurations of STUDY (repeatable)",
+    )
+    run.add_argument(
+        "--warm-start-storage",
+        metavar="URL",
+        help="where the --warm-start studies are (default: each one's sqlite:///studies/STUDY.db)",
+    )
     run.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     run.add_argument(
@@ -490,6 +502,8 @@ def _run(args: argparse.Namespace) -> int:
         data_mode=args.data_mode,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
+        warm_start=tuple(args.warm_start),
+        warm_start_storage=args.warm_start_storage,
     )
     # SIGTERM (a scheduler, `kill`) stops the run the way Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -25,13 +25,22 @@ from typing import Any
 import optuna
 import torch
 
+from search import promotion
 from search.checkpoint import FileCheckpoint
 from search.contract import EpochResult, Hyperparameters, TrainingData
 from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, SearchError, TrialError, TrialFailure
 from search.references import failure_line
+from search.rungs import Halving
 from search.spaces import Space
-from search.study import TRIAL_ATTR, original_number, retried_from, trial_attrs, trial_seed
+from search.study import (
+    TRIAL_ATTR,
+    continues,
+    original_number,
+    retried_from,
+    trial_attrs,
+    trial_seed,
+)
 from search.tasks import Task
 from search.trackers import Tracker
 from search.train import fit
@@ -77,11 +86,12 @@ class Objective:
         sampling_start = time.perf_counter()
         params = self.space.suggest(trial)
         sampling_seconds = time.perf_counter() - sampling_start
-        pruning_seconds = 0.0
+        pruning_seconds = promotion.deciding_seconds(trial.study.pruner)
         hp = self.space.hyperparameters(params)
         scoring = self.task.scoring
         size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
         trials, origin = read_trials(trial)  # also what the OOM check below compares with
+        pause = pause_step(trial, trials)
         self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         device = self.data.device
@@ -103,6 +113,10 @@ class Objective:
             # After the last epoch there is no training left to save: the trial is complete.
             if result.step >= self.epochs * self.reports_per_epoch:
                 return
+            if isinstance(trial.study.pruner, Halving):
+                if result.step == pause:  # its state is saved: it waits for its rung's decision
+                    raise promotion.Paused(result.step, result.epoch)
+                return  # successive halving that promotes stops no trial between its rungs
             start = time.perf_counter()
             prune = trial.should_prune()
             pruning_seconds += time.perf_counter() - start
@@ -115,9 +129,7 @@ class Objective:
             "data_mode": self.data.mode,
             "param_count": sum(p.numel() for p in model.parameters()),
         }
-        if origin != trial.number:
-            # A retry starts with a copy of its original's user attrs, failure included.
-            attrs.update(retry_of=origin, fail_reason=None)
+        attrs.update(segment_attrs(trials[trial.number], origin))
         start = time.perf_counter()
         outcome = ""
         try:
@@ -135,6 +147,7 @@ class Objective:
                 checkpoint=checkpoint,
                 history=history,
                 reports_per_epoch=self.reports_per_epoch,
+                save_at=pause,
             )
         except TrialFailure as failure:
             # The failing epoch ran but reported nothing, so it is not in the history.
@@ -147,6 +160,8 @@ class Objective:
             raise
         except optuna.TrialPruned as pruned:
             outcome = str(pruned)
+            if isinstance(pruned, promotion.Paused):
+                attrs["paused_at"] = pruned.step
             raise
         except KeyboardInterrupt:
             attrs.update(fail_reason="interrupted", fail_detail="interrupted")
@@ -181,7 +196,7 @@ class Objective:
             trial.set_user_attr(TRIAL_ATTR, attrs)
             if outcome:
                 save_trial_note(trial, trial_note(outcome, params, history, scoring.metric_name))
-                if checkpoint is not None:
+                if checkpoint is not None and "paused_at" not in attrs:
                     checkpoint.delete()  # finished: its retry will never need it
         value = scoring.best([result.value for result in history])
         if len(self.objectives) == 1:
@@ -203,6 +218,24 @@ def read_trials(trial: optuna.Trial) -> tuple[list[optuna.trial.FrozenTrial], in
     if remember is not None:
         remember(trial.number, trials)
     return trials, original_number(trials[trial.number])
+
+
+def pause_step(trial: optuna.Trial, trials: list[optuna.trial.FrozenTrial]) -> int | None:
+    """The step at which ``trial`` pauses under successive halving that promotes; None under any
+    other pruner, or for a trial that runs to the end."""
+    pruner = trial.study.pruner
+    return promotion.pause_at(pruner, trial, trials) if isinstance(pruner, Halving) else None
+
+
+def segment_attrs(trial: optuna.trial.FrozenTrial, origin: int) -> dict[str, Any]:
+    """What a trial that takes over from another records of it: the paused trial it continues
+    (``continues``), or the trial it retries (``retry_of``)."""
+    if origin == trial.number:
+        return {}
+    # It starts with a copy of its original's user attrs, failure included: cleared here.
+    paused = continues(trial)
+    link = {"retry_of": origin} if paused is None else {"continues": paused}
+    return {**link, "fail_reason": None}
 
 
 def _fit_or_oom(

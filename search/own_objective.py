@@ -39,8 +39,10 @@ from search.errors import (
     TrialFailure,
     first_line,
 )
-from search.objective import read_trials
+from search.objective import pause_step, read_trials, segment_attrs
+from search.promotion import Paused, deciding_seconds
 from search.references import failure_line
+from search.rungs import Halving
 from search.spaces import Space
 from search.study import TRIAL_ATTR, retried_from, trial_seed
 from search.tasks import Task
@@ -72,8 +74,13 @@ class Report:
         tracker: Tracker,
         checkpoint: FileCheckpoint | None,
         device: torch.device | None = None,
+        pause: int | None = None,
     ) -> None:
         self._trial = trial
+        self._pause = pause  # the step at which the trial pauses (successive halving that promotes)
+        # Reported at (or past) its pause step: it pauses at what comes next. The rung's step,
+        # and the step reported there.
+        self._pausing: tuple[int, int] | None = None
         self.seed = seed
         self.epochs = epochs
         self.device = device or torch.device("cpu")
@@ -107,7 +114,10 @@ class Report:
     def __call__(self, step: int, value: float, **metrics: float) -> None:
         """Record ``value`` (the metric the study optimizes) at ``step`` (1, 2, ... up to
         ``epochs``), with any other numbers by name; raise `optuna.TrialPruned` if the trial
-        should stop here."""
+        should stop here. Under successive halving that promotes, a trial that reported its
+        rung's step stops (`search.promotion.Paused`) at its next `checkpoint` or report."""
+        if self._pausing is not None:  # no checkpoint since the pause step: one before it serves
+            raise Paused(*self._pausing)
         if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 1:
             raise TaskError(f"report(step={step!r}, ...): step must be an integer from 1")
         if step <= self.last_step:
@@ -137,6 +147,14 @@ class Report:
         self._record(result)
         if step >= self.epochs or self._trial is None:
             return  # the full budget (nothing left to save by stopping), or no study's trial
+        if isinstance(self._trial.study.pruner, Halving):
+            if self._pause is not None and step >= self._pause:
+                # It pauses at the checkpoint that follows (or, without one, at the next report),
+                # and goes on, if promoted, from its last checkpoint.
+                self._pausing = (self._pause, step)
+                if self._checkpoint is None:
+                    raise Paused(*self._pausing)
+            return
         start = time.perf_counter()
         prune = self._trial.should_prune()
         self.pruning_seconds += time.perf_counter() - start
@@ -160,6 +178,8 @@ class Report:
                 "tensors, numbers, lists and dicts"
             ) from None
         self._checkpoint.write(buffer)
+        if self._pausing is not None:
+            raise Paused(*self._pausing)
 
     def _record(self, result: EpochResult) -> None:
         self.history.append(result)
@@ -195,6 +215,7 @@ class OwnObjective:
         params = self.space.suggest(trial)
         sampling_seconds = time.perf_counter() - sampling_start
         trials, origin = read_trials(trial)
+        pause = pause_step(trial, trials)
         self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         _seed_everything(seed)
@@ -204,8 +225,7 @@ class OwnObjective:
         scoring = self.task.scoring
         metric = scoring.metric_name
         attrs: dict[str, Any] = {"seed": seed, "device": str(self.device), "data_mode": "yours"}
-        if origin != trial.number:
-            attrs.update(retry_of=origin, fail_reason=None)
+        attrs.update(segment_attrs(trials[trial.number], origin))
         report = None
         start = time.perf_counter()
         outcome = ""
@@ -218,12 +238,18 @@ class OwnObjective:
                 tracker=self.tracker,
                 checkpoint=checkpoint,
                 device=self.device,
+                pause=pause,
             )
+            report.pruning_seconds += deciding_seconds(trial.study.pruner)
             returned = self.task.train.fn(dict(params), report)
             value, model = _returned(returned, report, self.task.train.name)
             attrs["returned_model"] = model is not None
             if not math.isfinite(value):  # as the harness's loop fails a NaN loss: diverged
                 raise TrialFailure("diverged", report.last_step, f"returned {value}")
+        except Paused as paused:
+            outcome = str(paused)
+            attrs["paused_at"] = paused.step
+            raise
         except optuna.TrialPruned as pruned:
             outcome = str(pruned) or f"pruned at epoch {report.last_step if report else 0}"
             raise optuna.TrialPruned(outcome) from None
@@ -274,7 +300,7 @@ class OwnObjective:
             trial.set_user_attr(TRIAL_ATTR, attrs)
             if outcome:
                 save_trial_note(trial, trial_note(outcome, params, history, metric))
-                if checkpoint is not None:
+                if checkpoint is not None and "paused_at" not in attrs:
                     checkpoint.delete()
         return value
 

@@ -29,11 +29,13 @@ def trial_line(trial: FrozenTrial, metric: Metric | None = None) -> str:
             outcome += " (" + ", ".join(f"{v:.4g}" for v in trial.values[1:]) + ")"
     elif trial.state == TrialState.PRUNED:
         best = metric.best(trial.intermediate_values.values())
-        outcome = (
-            f"{metric.label} {float('nan') if best is None else best:.4f} pruned at epoch {epochs}"
-        )
+        # Successive halving that promotes pauses a trial at its rung; it may go on later.
+        stopped = "paused" if "paused_at" in attrs else "pruned"
+        outcome = f"{metric.label} {float('nan') if best is None else best:.4f} {stopped} at epoch {epochs}"
     else:
         outcome = attrs.get("fail_detail", "failed")
+    if "continues" in attrs:
+        outcome += f" (continues #{attrs['continues']})"
     return f"#{trial.number:<4} {state:<8} {outcome}  {format_params(trial.params)}  {epochs} epochs {seconds:.1f}s"
 
 

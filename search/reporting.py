@@ -42,7 +42,8 @@ class Facts:
 
     @classmethod
     def of(cls, study: optuna.Study, url: str) -> Facts:
-        trials = study.get_trials(deepcopy=False)
+        every = study.get_trials(deepcopy=False)
+        trials = studies.shown(every)  # a configuration paused and continued: its last trial
         settings = study.user_attrs.get(studies.SETTINGS_ATTR, {})
         max_epochs = settings.get("epochs")
         saved = 0.0
@@ -69,7 +70,7 @@ class Facts:
                 if completed
                 else None
             ),
-            training_seconds=sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials),
+            training_seconds=sum(studies.trial_attrs(t).get("seconds", 0.0) for t in every),
             pruner_saved_seconds=saved,
         )
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import optuna
 
-from search import given, spaces, trackers, workers
+from search import claims, given, promotion, spaces, trackers, warm_start, workers
 from search import study as studies
 from search.contract import TrainingData
 from search.errors import SettingsError, SpaceError, StorageError
 from search.given import Given
+from search.rungs import Halving
 from search.spaces import Space
 from search.tasks import Task, placement, resolve
 from search.tasks.data import can_augment
@@ -37,8 +38,9 @@ FIXED_SETTINGS = ("sampler", "pruner", "seed", "epochs", "objectives", "reports_
 DEFAULTS = {"objectives": "accuracy", "reports_per_epoch": 1}
 # What a study records of its task's scoring, beside its search settings.
 SCORING_SETTINGS = ("kind", "metric", "direction")
-# A new study's search strategy when `search run` names none: what won the README's benchmark
-# (TPE with successive halving from a quarter epoch, 0.34x random search's cost on MNIST-1D).
+# A new study's search strategy when `search run` names none: what won the benchmarks
+# (docs/benchmarks.md: TPE with Optuna's successive halving from a quarter epoch). Halving that
+# promotes is cheaper on MNIST-1D but lost on a CIFAR-shaped task, where early ranks mislead.
 DEFAULT_SAMPLER, DEFAULT_PRUNER, DEFAULT_REPORTS_PER_EPOCH = "tpe", "sha", 4
 MAX_REPORTS_PER_EPOCH = 100
 SETTLE_SECONDS = 5.0  # how long a study with no settings yet may be another command's, creating it
@@ -70,6 +72,8 @@ class RunSettings:
     data_mode: str = "auto"  # resident on the device, streamed from the host, or auto by size
     tensorboard: Path | None = None  # a run per trial under DIR/STUDY (stored on the study)
     mlflow: str | None = None  # a tracking URI: the study's run, a nested run per trial (stored)
+    warm_start: tuple[str, ...] = ()  # studies whose best configurations a new study begins with
+    warm_start_storage: str | None = None  # where they are (default: each one's own SQLite file)
     # Objects from Python (`search.run`), which the space stands for with markers (search.given);
     # the command line names files in the space instead.
     model: Any = None
@@ -114,10 +118,21 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
     ready = _prepare(settings, echo, may_create=True)
     study, name = ready.study, ready.study.study_name
     studies.requeue_unfinished(study)  # trials of dead or interrupted workers run again first
+    pruner = workers.make_pruner(ready.plan, ready.data)
+    continuing = 0  # continuations of paused trials still to run: work left of counted trials
+    if isinstance(pruner, Halving) and settings.trials:
+        promotion.decide(study, pruner)  # a rung that a crash left undecided
+        continuing = claims.counts(study).continuing
     finished_before = studies.count_finished(study)
     start = time.perf_counter()
     if settings.trials == 0:
         echo(f"study {name} is ready: search worker --study {name} --trials N joins it")
+    elif finished_before >= settings.trials and continuing:
+        echo(
+            f"resuming study {name}: {finished_before} of {settings.trials} trials finished, "
+            f"{continuing} promoted one(s) to continue"
+        )
+        workers.run_all(ready.plan, study=study, first_data=ready.data)
     elif finished_before >= settings.trials:
         echo(
             f"study {name} already has {finished_before} finished trials "
@@ -227,10 +242,21 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
             processes=worker_devices.count(worker_devices[0]),
         )
         _check_batch_sizes(space, data.n_train)
+        noise = workers.validation_noise(data, task)
+        if fixed["pruner"] != "none" and noise is not None and noise.too_small():
+            echo(f"warning: {noise.warning()}")
         examples = data.examples(2)
         _check_augment(space, task, examples[0])
         resolve.check_model(task, space, examples)
 
+    sources = []
+    if settings.warm_start and existing is None:
+        sources = warm_start.load_sources(settings.warm_start, settings.warm_start_storage)
+        mismatch = warm_start.metric_mismatch(
+            sources, studies.Metric(task.scoring.metric_name, task.scoring.direction)
+        )
+        if mismatch:
+            raise SettingsError(mismatch)
     uid = uuid.uuid4().hex  # a new study's; made here so that its MLflow run can carry it
     to_store = targets.stored()
     if targets.mlflow:
@@ -266,8 +292,13 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
             f"created study {name} (space {space.source}, {fixed['sampler']} sampler, "
             f"{fixed['pruner']} pruner) in {studies.describe(url)}"
         )
+        if sources:
+            carried = warm_start.carry(sources, space, warm_start.how_many(settings.trials))
+            echo(warm_start.enqueue(study, carried))
     else:
         study = existing
+        if settings.warm_start:
+            echo(f"--warm-start: study {name} exists already; a warm start only begins a study")
     if to_store != (stored_trackers or {}):
         study.set_user_attr(trackers.TRACKERS_ATTR, to_store)  # a resume writes there too
     plan = workers.Plan(

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.core_storage import CoreStorage
 from search.errors import SettingsError, StorageError
+from search.rungs import CONTINUES, Halving
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -41,7 +42,7 @@ STUDIES_DIR = Path("studies")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
 # What a study can optimize beside its task's metric (which comes first): what a trial costs.
 COSTS = {"train-seconds": "minimize", "params": "minimize"}
-PRUNERS = ("median", "hyperband", "sha", "patient", "none")
+PRUNERS = ("halving", "halving-hb", "median", "hyperband", "sha", "patient", "none")
 # A FAIL with one of these reasons says something about its configuration, so it counts as a
 # finished trial; any other FAIL (a crash, an interrupt) is work still to do.
 COUNTED_FAIL_REASONS = ("diverged", "oom")
@@ -146,7 +147,7 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-            with _schema_lock(path):
+            with folder_lock(path):
                 storage = CoreStorage(
                     _engine_url(parsed), engine_kwargs=engine_kwargs, **heartbeat_kwargs
                 )
@@ -173,8 +174,9 @@ def open_storage(
 
 
 @contextlib.contextmanager
-def _schema_lock(path: Path | None) -> Iterator[None]:
-    """Hold an exclusive lock on the database's folder while Optuna creates or checks the schema.
+def folder_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the database's folder while Optuna creates or checks the schema
+    (and while a rung of `search.promotion` is decided).
 
     Optuna's RDBStorage creates its tables and stamps their version on first open; two commands
     opening one new SQLite file in the same instant both try, and one fails ("table already
@@ -301,6 +303,9 @@ def make_pruner(name: str, epochs: int, reports_per_epoch: int = 1) -> optuna.pr
     """A pruner by name, for trials that report ``reports_per_epoch`` times per epoch: steps
     1..epochs × reports_per_epoch, the first rung of the halving pruners at the first report."""
     steps = epochs * reports_per_epoch
+    if name in ("halving", "halving-hb"):
+        # Successive halving (Hyperband) that pauses trials at rungs and promotes the best.
+        return Halving(steps, hyperband=name == "halving-hb")
     if name == "median":
         # From the first half epoch on (a report per epoch: from the first), once 3 trials done.
         return MedianOncePerTrial(
@@ -351,11 +356,12 @@ class MedianOncePerTrial(optuna.pruners.MedianPruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if self._read[0] != trial.number:
             self._read = (trial.number, study.get_trials(deepcopy=False))
-        return super().prune(_AsRead(study, self._read[1]), trial)
+        return super().prune(StudyView(study, self._read[1]), trial)
 
 
-class _AsRead:
-    """A study whose `get_trials` answers from trials read before; all else is the study's."""
+class StudyView:
+    """A study whose trials are ``trials`` (read before, or rewritten for a sampler); all else is
+    the study's."""
 
     def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         self._study = study
@@ -367,6 +373,11 @@ class _AsRead:
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         trials = [t for t in self._trials if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+    ) -> list[FrozenTrial]:
+        return self.get_trials(deepcopy, states)  # as Optuna's samplers read a study
 
 
 def is_finished(trial: FrozenTrial) -> bool:
@@ -473,7 +484,10 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def count_finished(study: optuna.Study) -> int:
-    return sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+    """Finished trials, continuations of paused trials not among them (a configuration counts
+    once, from the moment its first trial pauses or ends), as `search.claims.counts`."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(is_finished(t) for t in trials if CONTINUES not in t.system_attrs)
 
 
 def requeue_unfinished(study: optuna.Study) -> None:
@@ -545,11 +559,38 @@ def original_number(trial: FrozenTrial) -> int:
 
 
 def retried_from(trial: FrozenTrial) -> int | None:
-    """The trial this one retries directly (the last of its chain of retries), or None."""
+    """The trial this one takes over from: the one it retries directly (the last of its chain of
+    retries), or the paused trial it continues, whichever came later; None for a new trial."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         history = _RETRY.retry_history(trial)
-    return history[-1] if history else None
+    previous = [n for n in (history[-1] if history else None, trial.system_attrs.get(CONTINUES))]
+    return max((n for n in previous if n is not None), default=None)
+
+
+def continues(trial: FrozenTrial) -> int | None:
+    """The paused trial this one continues (directly, or as a retry of a continuation), or
+    None."""
+    return trial.system_attrs.get(CONTINUES)
+
+
+def superseded(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The trials views leave out, so that they show each configuration once: a paused trial
+    whose continuation has started (the continuation reports the whole curve again), or else
+    the continuation, while it waits."""
+    hidden = set()
+    for trial in trials:
+        paused = trial.system_attrs.get(CONTINUES)
+        if paused is not None:
+            hidden.add(trial.number if trial.state == TrialState.WAITING else paused)
+    return hidden
+
+
+def shown(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` less those superseded by a continuation."""
+    trials = list(trials)
+    hidden = superseded(trials)
+    return [t for t in trials if t.number not in hidden]
 
 
 def trial_seed(study_seed: int, number: int) -> int:

@@ -16,8 +16,9 @@ from search.progress import format_params
 
 
 def state_counts(study: optuna.Study) -> str:
-    """``12 finished (8 complete, 3 pruned, 1 failed: diverged); 1 running``."""
-    trials = study.get_trials(deepcopy=False)
+    """``12 finished (8 complete, 3 pruned, 1 failed: diverged); 1 running``, a configuration
+    paused and continued counted once."""
+    trials = studies.shown(study.get_trials(deepcopy=False))
     states = Counter(t.state for t in trials)
     # A retry clears the reason it inherited (None) before it records its own: one killed between
     # the two is a plain error, like any trial that died without saying why.

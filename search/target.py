@@ -46,7 +46,10 @@ class Claimed:
         self.target = target
 
     def __call__(self, trial: optuna.Trial) -> Any:
-        if not claims.claim(trial.study, trial._trial_id, self.target):
+        # A continuation of a paused trial takes that trial's place (`search.promotion`).
+        if not claims.is_continuation(trial) and not claims.claim(
+            trial.study, trial._trial_id, self.target
+        ):
             trial.set_user_attr("fail_reason", "surplus")
             raise Surplus(self.target)
         return self.objective(trial)
@@ -64,12 +67,15 @@ def run_until_target(
     reconnect_timeout: float = 300.0,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     name: str = "worker",
+    decide: Callable[[optuna.Study], bool] | None = None,
 ) -> None:
     """Run trials one at a time until ``study`` has ``target`` finished trials (or ``timeout``).
 
     Trials of dead or interrupted workers are queued again every ``requeue_every`` seconds (a
     stale heartbeat takes three intervals to show, so checking more often finds nothing new) and
-    on every wait; a wait polls the counts every ``poll`` seconds.
+    on every wait; a wait polls the counts every ``poll`` seconds. With ``decide`` (successive
+    halving's rung decisions, `search.promotion.decide`), rungs are decided after every trial
+    and before the loop ends: a decision can give paused trials their continuations.
 
     Raises:
         StorageError: the storage did not answer for ``reconnect_timeout`` seconds.
@@ -84,14 +90,20 @@ def run_until_target(
         if time.monotonic() - requeued >= requeue_every:
             studies.requeue_unfinished(study)  # trials of dead workers go stale, then run again
             requeued = time.monotonic()
-        finished, _, running = claims.counts(study)
-        if finished >= target:
-            return True
-        # Unclaimed running trials are about to claim (or fail as surplus): starting another
-        # beside them would likely make a surplus trial.
-        if finished + running >= target:
+        now = claims.counts(study)
+        if now.waiting:
+            pass  # a promoted configuration's next stretch: it runs in no new place
+        elif now.finished >= target and not now.continuing:
+            # Every place is taken and nothing continues, unless a full rung is undecided.
+            return decide is None or not decide(study)
+        elif now.finished + now.running >= target:
+            # Unclaimed running trials are about to claim (or fail as surplus): starting another
+            # beside them would likely make a surplus trial; and continuations running elsewhere
+            # may lead to more.
             time.sleep(poll)  # wait for them to finish, or to go stale and be retried here
             requeued = -math.inf
+            if decide is not None:
+                decide(study)  # a rung that the worker which filled it died before deciding
             return False
         try:
             # None when there are none: Optuna then skips reading the finished trial back for them.
@@ -100,6 +112,8 @@ def run_until_target(
             )
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # this trial's heartbeat was cut off, it went stale, and a retry took it over
+        if decide is not None:
+            decide(study)
         return False
 
     while deadline is None or time.monotonic() < deadline:

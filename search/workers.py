@@ -25,13 +25,14 @@ import optuna
 import torch
 from tqdm import tqdm
 
+from search import promotion, target
 from search import study as studies
-from search import target
 from search.contract import TrainingData
 from search.errors import SearchError, SettingsError
 from search.objective import Objective
 from search.own_objective import OwnObjective
 from search.progress import TrialLog
+from search.rungs import Halving, Noise
 from search.spaces import Space
 from search.tasks import Task, placement
 from search.trackers import Targets, open_trackers
@@ -159,7 +160,15 @@ def work(
         trials=plan.target,
     )
     reports_per_epoch = fixed["reports_per_epoch"]
-    study.pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"], reports_per_epoch)
+    study.pruner = make_pruner(plan, data)
+    decide = None
+    if isinstance(study.pruner, Halving):
+        study.sampler = promotion.OnRungs(study.sampler, study.pruner)
+        pruner = study.pruner
+
+        def decide(study: optuna.Study) -> bool:
+            return promotion.decide(study, pruner)
+
     with (
         open_trackers(plan.trackers, plan.study, _metric(plan), echo=_warn) as tracker,
         TrialLog(
@@ -206,11 +215,35 @@ def work(
             reconnect_timeout=plan.reconnect_timeout,
             callbacks=[log, tracker] if tracker.trackers else [log],
             name=name,
+            decide=decide,
         )
 
 
 def _metric(plan: Plan) -> studies.Metric:
     return studies.Metric(plan.task.scoring.metric_name, plan.task.scoring.direction)
+
+
+def make_pruner(plan: Plan, data: TrainingData | None) -> optuna.pruners.BasePruner:
+    """The study's pruner; successive halving that promotes is told the study's target, its
+    validation set's noise and where paused trials keep their state."""
+    fixed = plan.fixed
+    pruner = studies.make_pruner(fixed["pruner"], fixed["epochs"], fixed["reports_per_epoch"])
+    if isinstance(pruner, Halving):
+        pruner.target = plan.target
+        pruner.noise = validation_noise(data, plan.task)
+        pruner.checkpoint_dir = plan.checkpoint_dir / plan.study
+    return pruner
+
+
+def validation_noise(data: TrainingData | None, task: Task) -> Noise | None:
+    """How finely the validation split resolves an accuracy; None for other metrics."""
+    if data is None or task.scoring.metric_name != "accuracy":
+        return None
+    labels = torch.cat([y.reshape(-1).cpu() for _, y in data.val_batches(4096)])
+    if labels.numel() == 0 or labels.is_floating_point():
+        return None
+    chance = torch.bincount(labels).max().item() / labels.numel()
+    return Noise(labels.numel(), chance)
 
 
 def _warn(line: str) -> None:

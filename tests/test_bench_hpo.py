@@ -125,6 +125,7 @@ def test_bench_runs_every_combination_compares_them_and_resumes(cli, bench_dir: 
         ("--strategies", "tpe+shaa", "--strategies: 'shaa' is unknown; choose from"),
         ("--trials", "0", "--trials must be at least 1, got 0"),
         ("--space", "nowhere.toml", "nowhere.toml"),
+        ("--strategies", "tpe+halving~warm", "a warm start takes the best configurations"),
     ],
 )
 def test_bad_bench_settings_are_one_line_and_create_nothing(
@@ -134,6 +135,17 @@ def test_bad_bench_settings_are_one_line_and_create_nothing(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "studies").exists() and not (tmp_path / "reports").exists()
+
+
+def test_a_warm_strategy_starts_from_the_other_seeds_of_the_reference() -> None:
+    settings = hpo.HpoSettings(
+        space="digits", strategies=("random+none", "tpe+halving:4x@60~warm"), seeds=3
+    )
+    warm = hpo.StrategySpec.parse("tpe+halving:4x@60~warm", 30)
+    assert warm.warm and warm.name == "tpe+halving:4x@60~warm"
+    sources = hpo._warm_sources(settings, hpo.Combination(warm, 1))
+    assert sources == ("bench-digits/random+none/seed0", "bench-digits/random+none/seed2")
+    assert hpo._warm_sources(settings, hpo.Combination(hpo.specs(settings)[0], 1)) == ()
 
 
 def test_time_to_target_charges_the_samplers_own_seconds(tmp_path: Path) -> None:

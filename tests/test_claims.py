@@ -68,8 +68,7 @@ def test_racing_claims_at_the_boundary_never_overshoot(kind, tmp_path, request) 
         assert racer.exitcode == 0
     wins = [results.get(timeout=5) for _ in racers]
     assert wins.count(True) == 3 and wins.count(False) == RACERS - 3
-    finished, holding, running = claims.counts(study)
-    assert (finished, holding, running) == (10, 0, 0)
+    assert claims.counts(study) == claims.Counts(10, 0, 0, 0, 0)
     assert studies.count_finished(study) == 10
 
 

@@ -46,7 +46,8 @@ REFERENCE = ("random", "none")
 EVIDENCE_EPOCHS = (0.25, 0.5, 1.0, 3.0)  # where early accuracies are ranked against final ones
 ENOUGH_SEEDS = 0.8  # a headline strategy reaches the target on at least this share of seeds
 _SPEC = re.compile(
-    r"(?P<sampler>[a-z0-9]+)\+(?P<pruner>[a-z0-9]+)(?::(?P<k>\d+)x)?(?:@(?P<n>\d+))?"
+    r"(?P<sampler>[a-z0-9]+)\+(?P<pruner>[a-z0-9-]+)(?::(?P<k>\d+)x)?(?:@(?P<n>\d+))?"
+    r"(?P<warm>~warm)?"
 )
 
 
@@ -79,19 +80,20 @@ class StrategySpec:
     reports_per_epoch: int
     trials: int
     default_trials: int  # --trials: a strategy of that many trials is named without them
+    warm: bool = False  # warm-started from the reference strategy's studies of the other seeds
 
     @property
     def name(self) -> str:
         reports = f":{self.reports_per_epoch}x" if self.reports_per_epoch > 1 else ""
         trials = f"@{self.trials}" if self.trials != self.default_trials else ""
-        return f"{self.sampler}+{self.pruner}{reports}{trials}"
+        return f"{self.sampler}+{self.pruner}{reports}{trials}" + ("~warm" if self.warm else "")
 
     @classmethod
     def parse(cls, text: str, trials: int) -> StrategySpec:
         match = _SPEC.fullmatch(text.strip())
         if match is None:
             raise SettingsError(
-                f"--strategies {text!r}: not SAMPLER+PRUNER[:Kx][@N], e.g. tpe+sha:4x@60"
+                f"--strategies {text!r}: not SAMPLER+PRUNER[:Kx][@N][~warm], e.g. tpe+halving:4x@60"
             )
         return cls(
             match["sampler"],
@@ -99,6 +101,7 @@ class StrategySpec:
             int(match["k"] or 1),
             int(match["n"] or trials),
             trials,
+            bool(match["warm"]),
         )
 
 
@@ -238,6 +241,12 @@ def check(settings: HpoSettings) -> None:
     names = [spec.name for spec in given]
     if len(set(names)) != len(names):
         raise SettingsError(f"--strategies {','.join(names)}: a strategy is repeated")
+    warm = [spec.name for spec in given if spec.warm]
+    if warm and (settings.seeds < 2 or reference_of(settings) in warm):
+        raise SettingsError(
+            f"--strategies {warm[0]}: a warm start takes the best configurations of the other "
+            f"seeds' {'+'.join(REFERENCE)} studies: run that strategy too, on 2 seeds or more"
+        )
     if settings.jobs < 1:
         raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
     if settings.epochs is not None and settings.epochs < 1:
@@ -260,8 +269,10 @@ def run(settings: HpoSettings, echo: Any = print) -> Comparison:
         f"in {studies.describe(url)}; "
         + (f"{len(todo)} studies to run, {settings.jobs} at a time" if todo else "all done")
     )
-    if todo:
-        _run_all(settings, url, todo, echo)
+    # Warm starts read the other seeds' finished studies of the reference: those run first.
+    for phase in ([c for c in todo if not c.spec.warm], [c for c in todo if c.spec.warm]):
+        if phase:
+            _run_all(settings, url, phase, echo)
     return compare(settings, url)
 
 
@@ -377,8 +388,11 @@ def _run_one(settings: HpoSettings, url: str, combination: Combination) -> str:
     study = run(_run_settings(settings, url, combination), echo=lambda line: None).study
     if TEST_ATTR not in study.user_attrs:
         _record_test_value(study, settings)
-    trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
-    seconds = sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials)
+    every = study.get_trials(deepcopy=False)
+    seconds = sum(
+        studies.trial_attrs(t).get("seconds", 0.0) for t in every if studies.is_finished(t)
+    )
+    trials = [t for t in studies.shown(every) if studies.is_finished(t)]  # configurations
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     test = test_record(study)
     metric = studies.metric_of(study).name
@@ -415,6 +429,20 @@ def _run_settings(settings: HpoSettings, url: str, combination: Combination) -> 
         data_dir=settings.data_dir,
         heartbeat=settings.heartbeat,
         quiet=True,
+        warm_start=_warm_sources(settings, combination),
+        warm_start_storage=url,
+    )
+
+
+def _warm_sources(settings: HpoSettings, combination: Combination) -> tuple[str, ...]:
+    """The reference's studies of every seed but the one measured, for a warm-started strategy."""
+    if not combination.spec.warm:
+        return ()
+    reference = next(spec for spec in specs(settings) if spec.name == reference_of(settings))
+    return tuple(
+        Combination(reference, seed).study_name(settings.prefix)
+        for seed in range(settings.seeds)
+        if seed != combination.seed
     )
 
 
@@ -574,18 +602,22 @@ class _SeedCurves:
 
 def _curves(study: optuna.Study, epochs: int, metric: studies.Metric) -> _SeedCurves:
     """Best so far (as a score, better higher) against cumulative cost, against training
-    seconds and against trial count; and the share of ``epochs`` per trial that pruning saved."""
+    seconds and against configurations tried; and the share of ``epochs`` per configuration that
+    pruning saved. A paused configuration's continuation costs what it trained, and is no new
+    configuration."""
     trials = [t for t in study.get_trials(deepcopy=False) if studies.is_finished(t)]
     results = [studies.trial_result(t, metric) for t in trials]
     results = [None if r is None else metric.key(r) for r in results]
     attrs = [studies.trial_attrs(t) for t in trials]
     training = [a.get("seconds", 0.0) for a in attrs]
     search = [a.get("sampling_seconds", 0.0) + a.get("pruning_seconds", 0.0) for a in attrs]
+    new = [0.0 if studies.continues(t) is not None else 1.0 for t in trials]
+    trained = sum(a.get("epochs_run", 0) - a.get("resumed_from_epoch", 0) for a in attrs)
     return _SeedCurves(
         curves.StepCurve.best_so_far([t + s for t, s in zip(training, search)], results),
         curves.StepCurve.best_so_far(training, results),
-        curves.StepCurve.best_so_far([1.0] * len(trials), results),
-        1 - sum(a.get("epochs_run", 0) for a in attrs) / (len(trials) * epochs) if trials else 0.0,
+        curves.StepCurve.best_so_far(new, results),
+        1 - trained / (sum(new) * epochs) if trials else 0.0,
     )
 
 
