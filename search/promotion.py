@@ -13,15 +13,18 @@ again. A configuration's trials are its segments, and the last one holds its who
 views show that one (`search.study.superseded` names the rest).
 
 A rung is decided once, whoever finds it full: under the study's decision lock
-(`search.claims.decision_lock`), a continuation is made only for a paused trial that has none, the
-paused trial is then marked promoted (so that it stops counting towards the target while its
-continuation holds its place), and the decision is recorded on the study. A worker killed
-anywhere in that leaves the next one to finish it. Every worker decides after each of its trials
-and before it stops, so a rung left undecided by a crash is decided on resume.
+(`search.claims.decision_lock`), a continuation is made only for a paused trial that has none, and
+then the decision is recorded on the study. A worker killed anywhere in that leaves the next one
+to finish it. Every worker decides after each of its trials, while it waits and before it stops,
+so a rung left undecided by a crash is decided on resume. A configuration's place in the study's
+target is its first trial's (`search.claims`): continuations take none.
 
 The sampler learns from rungs (`OnRungs`): it sees one finished trial per configuration, valued at
 the highest rung that enough configurations reached, as BOHB fits its model on the largest budget
 with enough observations, instead of every paused or stopped trial as a bad one.
+
+A `Configuration` that failed for good for a reason that is no verdict on it (an error) is void:
+the configuration sampled next takes its place in the bracket, so that a rung never waits for it.
 """
 
 from __future__ import annotations

@@ -294,6 +294,7 @@ def reference_fit(
     history: list[EpochResult] | None = None,
     reports_per_epoch: int = 1,
     schedule_epochs: int | None = None,
+    save_at: int | None = None,
 ) -> list[EpochResult]:
     """`train.fit`'s signature on the reference loop, for `search bench study`'s second study.
 
@@ -304,6 +305,8 @@ def reference_fit(
     """
     if reports_per_epoch != 1:
         raise ValueError(f"the reference loop reports once per epoch, not {reports_per_epoch}")
+    if save_at is not None:
+        raise ValueError("the reference loop keeps no checkpoints: it cannot pause a trial")
     device = data.device
     model.to(device)
     optimizer = make_optimizer(hp, model.parameters())
