@@ -564,7 +564,7 @@ def retried_from(trial: FrozenTrial) -> int | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         history = _RETRY.retry_history(trial)
-    previous = [n for n in (history[-1] if history else None, trial.system_attrs.get(CONTINUES))]
+    previous = (history[-1] if history else None, trial.system_attrs.get(CONTINUES))
     return max((n for n in previous if n is not None), default=None)
 
 

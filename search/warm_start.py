@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import study as studies
-from search.errors import SettingsError
+from search.errors import SettingsError, StorageError
 from search.spaces import Space
 
 MOST = 5  # configurations carried over at most: a start, not a replay of the earlier search
@@ -101,7 +101,10 @@ def load_sources(names: Sequence[str], url: str | None) -> list[optuna.Study]:
     """
     found = []
     for name in names:
-        source = studies.load_existing(name, url or studies.default_url(name))
+        try:
+            source = studies.load_existing(name, url or studies.default_url(name))
+        except StorageError as error:
+            raise StorageError(f"--warm-start {name}: {error}") from None
         if not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in source.trials):
             raise SettingsError(f"--warm-start {name}: it has no finished trials to start from")
         found.append(source)

@@ -329,5 +329,5 @@ def test_a_warm_start_drops_params_outside_the_new_space(tmp_path, cli) -> None:
         "nope",
         cwd=folder,
     )
-    assert missing.returncode != 0 and "'nope'" in missing.stderr
+    assert missing.returncode != 0 and "--warm-start nope: no study 'nope'" in missing.stderr
     assert not (folder / "studies/w2.db").exists()
