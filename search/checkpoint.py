@@ -19,6 +19,11 @@ import torch
 from search.errors import StorageError
 
 
+def trial_path(folder: Path, number: int) -> Path:
+    """The checkpoint file of the trial (or configuration) numbered ``number`` in ``folder``."""
+    return folder / f"{number}.pt"
+
+
 class FileCheckpoint:
     """The checkpoint of one trial at ``path``."""
 

@@ -26,7 +26,7 @@ import optuna
 import torch
 
 from search import promotion
-from search.checkpoint import FileCheckpoint
+from search.checkpoint import FileCheckpoint, trial_path
 from search.contract import EpochResult, Hyperparameters, TrainingData
 from search.dashboard import save_trial_note, trial_note
 from search.errors import OutOfMemory, SearchError, TrialError, TrialFailure
@@ -101,7 +101,7 @@ class Objective:
             torch.cuda.reset_peak_memory_stats(device)
         checkpoint = None
         if self.checkpoint_dir is not None:
-            checkpoint = FileCheckpoint(self.checkpoint_dir / f"{origin}.pt", device)
+            checkpoint = FileCheckpoint(trial_path(self.checkpoint_dir, origin), device)
         history: list[EpochResult] = []
 
         def report_and_maybe_prune(result: EpochResult) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 import torch
 
-from search.checkpoint import FileCheckpoint
+from search.checkpoint import FileCheckpoint, trial_path
 from search.contract import EpochResult
 from search.dashboard import save_trial_note, trial_note
 from search.errors import (
@@ -221,7 +221,9 @@ class OwnObjective:
         _seed_everything(seed)
         checkpoint = None
         if self.checkpoint_dir is not None:
-            checkpoint = FileCheckpoint(self.checkpoint_dir / f"{origin}.pt", torch.device("cpu"))
+            checkpoint = FileCheckpoint(
+                trial_path(self.checkpoint_dir, origin), torch.device("cpu")
+            )
         scoring = self.task.scoring
         metric = scoring.metric_name
         attrs: dict[str, Any] = {"seed": seed, "device": str(self.device), "data_mode": "yours"}

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import claims
 from search import study as studies
+from search.checkpoint import trial_path
 from search.rungs import (
     BRACKET,
     CONTINUES,
@@ -187,7 +188,7 @@ def decide(study: optuna.Study, pruner: Halving) -> bool:
 def _decide(study: optuna.Study, pruner: Halving) -> bool:
     with claims.decision_lock(study):
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        decided = study._storage.get_study_system_attrs(study._study_id)
+        decided = decisions(study)
         by_bracket: dict[int, list[Configuration]] = {}
         for configuration in configurations(trials):
             if configuration.bracket is not None and not configuration.void():
@@ -268,7 +269,7 @@ def _promote(
     if pruner.checkpoint_dir is not None:
         for candidate in (c for c in ranked if c not in chosen):  # never trained again: state goes
             with contextlib.suppress(OSError):
-                (pruner.checkpoint_dir / f"{candidate.number}.pt").unlink(missing_ok=True)
+                trial_path(pruner.checkpoint_dir, candidate.number).unlink(missing_ok=True)
 
 
 def _continue(study: optuna.Study, paused: FrozenTrial, origin: int, pause: int | None) -> None:

@@ -201,7 +201,8 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=device)
         done = 0  # steps since the last report
-        epoch_order = generator.get_state()  # what draws this epoch's order and augmentation
+        # What draws this epoch's order and augmentation, kept only where a pause may save it.
+        epoch_order = generator.get_state() if save_at is not None else None
         for step, (x, y) in enumerate(data.batches(hp.batch_size, generator, augment), 1):
             if step <= skip:
                 continue  # drawn as before the pause, so that the rest of the epoch is the same
