@@ -35,6 +35,7 @@ from search.contract import (
 )
 from search.errors import Diverged, SettingsError
 from search.scoring import CLASSIFICATION, Scoring
+from search.step import Step, StepReport, resolve_mode
 
 WARMUP_START = 0.01  # warm-up starts at this share of the rate (torchvision's reference scripts')
 STEP_MILESTONES = (0.5, 0.75)  # where the step schedule multiplies the rate by step_gamma
@@ -70,25 +71,75 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def make_optimizer(
-    hp: Hyperparameters, parameters: Iterable[nn.Parameter]
+    hp: Hyperparameters,
+    parameters: Iterable[nn.Parameter],
+    *,
+    capture_on: torch.device | None = None,
 ) -> torch.optim.Optimizer:
+    """``hp``'s optimizer; ``capture_on`` a device, one whose step a capture can hold
+    (`search.step`): its learning rate a tensor there, which the schedule sets in place, and on
+    CUDA a fused or capturable implementation, which never reads a value back to the host."""
+    options = _capture_options(hp.optimizer, capture_on)
+    lr: float | torch.Tensor = hp.lr
+    if capture_on is not None:
+        lr = torch.tensor(hp.lr, dtype=torch.float32, device=capture_on)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(
             parameters,
-            lr=hp.lr,
+            lr=lr,
             momentum=hp.momentum,
             weight_decay=hp.weight_decay,
             nesterov=hp.nesterov and hp.momentum > 0,  # torch refuses Nesterov without momentum
+            **options,
         )
     if hp.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=hp.weight_decay, **options)
     if hp.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=hp.weight_decay, **options)
     if hp.optimizer == "rmsprop":
         return torch.optim.RMSprop(
-            parameters, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            parameters, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, **options
         )
     raise ValueError(f"unknown optimizer {hp.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def _capture_options(optimizer: str, device: torch.device | None) -> dict[str, object]:
+    if device is None:
+        return {}
+    options: dict[str, object] = {}
+    if device.type == "cuda":
+        # Fused kernels take the rate as a tensor; Adam's and RMSprop's capture checks ask for
+        # capturable as well (their step counts stay on the device).
+        options.update(
+            {"fused": True} if optimizer == "sgd" else
+            {"fused": True, "capturable": True} if optimizer in ("adam", "adamw") else
+            {"capturable": True}
+        )  # fmt: skip
+    else:
+        options["foreach"] = False  # the compiler takes a tensor rate on the per-tensor path
+    return options
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, object]) -> None:
+    """Load ``state`` into ``optimizer`` keeping its own implementation (fused, capturable,
+    foreach) and its rate's kind: a checkpoint saved by a captured step resumes eagerly, and the
+    other way round."""
+    kept = [
+        {key: group[key] for key in ("lr", "fused", "capturable", "foreach") if key in group}
+        for group in optimizer.param_groups
+    ]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, kept, strict=True):
+        for key, value in own.items():
+            if key == "lr":
+                rate = float(group["lr"])
+                if isinstance(value, torch.Tensor):
+                    value.fill_(rate)
+                    group["lr"] = value
+                else:
+                    group["lr"] = rate
+            else:
+                group[key] = value
 
 
 def make_schedule(
@@ -139,6 +190,8 @@ def fit(
     reports_per_epoch: int = 1,
     schedule_epochs: int | None = None,
     save_at: int | None = None,
+    step: str = "eager",
+    step_report: StepReport | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` on ``data`` for ``epochs`` epochs; evaluate the validation metric and
     call ``on_epoch`` ``reports_per_epoch`` times per epoch (after equal shares of its steps).
@@ -153,7 +206,8 @@ def fit(
     from that step exactly, drawing the epoch's batches up to it without training on them.
     Reports are appended to ``history`` (returned), which the caller keeps even when training
     stops with an exception. Evaluating draws no random numbers, so the epochs train alike
-    however often they are reported.
+    however often they are reported. ``step`` (`search.step.STEP_MODES`) runs each batch's step
+    eagerly or replays a capture of it; ``step_report`` is told how it ran.
 
     Raises:
         Diverged: the mean training loss since a report was NaN or infinite.
@@ -162,16 +216,12 @@ def fit(
     if hp.batch_size > data.n_train:
         raise ValueError(f"batch_size {hp.batch_size} exceeds the {data.n_train} training examples")
     steps = data.n_train // hp.batch_size
-    if reports_per_epoch < 1:
-        raise ValueError(f"reports_per_epoch must be at least 1, got {reports_per_epoch}")
-    # After which step of an epoch each report comes: equal shares, the last at the epoch's end.
-    # An epoch of fewer steps than reports makes several reports of one evaluation.
-    report_after: dict[int, list[int]] = {}
-    for report in range(1, reports_per_epoch + 1):
-        at = max(1, round(steps * report / reports_per_epoch))
-        report_after.setdefault(at, []).append(report)
+    report_after = report_points(steps, reports_per_epoch)
     model.to(device=device, memory_format=layout_for(device))
-    optimizer = make_optimizer(hp, model.parameters())
+    mode = resolve_mode(step, device)
+    optimizer = make_optimizer(
+        hp, model.parameters(), capture_on=device if mode == "captured" else None
+    )
     schedule = make_schedule(hp, optimizer, steps * max(epochs, schedule_epochs or epochs))
     loss_of = scoring.criterion(hp)
     augment = data.augment if hp.augment is None else hp.augment
@@ -183,7 +233,7 @@ def fit(
     skip = 0  # batches of the first epoch already trained on, when it resumes inside an epoch
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_optimizer(optimizer, state["optimizer"])
         if "schedule" in state:  # checkpoints from before schedules ran at a constant rate
             schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"].to(generator.device))
@@ -195,80 +245,102 @@ def fit(
             if on_epoch is not None:
                 on_epoch(result)
     faults.check_oom(hp.batch_size)
-    # A retry starts after the last whole epoch saved, a paused trial after the step it paused at.
-    for epoch in range(len(history) // reports_per_epoch + 1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        done = 0  # steps since the last report
-        # What draws this epoch's order and augmentation, kept only where a pause may save it.
-        epoch_order = generator.get_state() if save_at is not None else None
-        for step, (x, y) in enumerate(data.batches(hp.batch_size, generator, augment), 1):
-            if step <= skip:
-                continue  # drawn as before the pause, so that the rest of the epoch is the same
-            with _autocast(device):
-                loss = loss_of(model_output(model, x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.grad_clip > 0:
-                nn.utils.clip_grad_norm_(parameters, hp.grad_clip)
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach().float()
-            done += 1
-            if step not in report_after:
-                continue
-            train_loss = (loss_sum / done).item()  # the one host sync of the report's training
-            train_seconds = time.perf_counter() - start
-            if not math.isfinite(train_loss):
-                raise Diverged(
-                    _in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
-                )
-            value = evaluate_batches(
-                model, data.val_batches(eval_batch), scoring, targets=data.targets
-            )
-            model.train()
-            seconds = time.perf_counter() - start
-            group = report_after[step]  # several reports of one evaluation: a short epoch
-            results = [
-                EpochResult(
-                    epoch=_in_epochs(epoch, report, reports_per_epoch),
-                    train_loss=train_loss,
-                    value=value,
-                    # A second report of the same evaluation cost nothing more.
-                    seconds=seconds if report == group[0] else 0.0,
-                    images_per_second=done * hp.batch_size / train_seconds,
-                    step=(epoch - 1) * reports_per_epoch + report,
-                )
-                for report in group
-            ]
-            ends_epoch = group[-1] == reports_per_epoch
-            for i, result in enumerate(results):
-                history.append(result)
-                pausing = result.step == save_at
-                if checkpoint is not None and (pausing or (ends_epoch and i == len(group) - 1)):
-                    saved = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "generator": generator.get_state() if ends_epoch else epoch_order,
-                        "torch_rng": torch.get_rng_state(),
-                        # A pause keeps the rest of this evaluation's reports, which follow it.
-                        "history": [dataclasses.asdict(r) for r in history + results[i + 1 :]],
-                    }
-                    if not ends_epoch:
-                        saved["epoch_steps"] = step
-                    checkpoint.save(saved)
-                if on_epoch is not None:
-                    on_epoch(result)
+
+    def body(x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, cache=mode != "captured"):  # a graph must not keep autocast's casts
+            loss = loss_of(model_output(model, x), y)
+        loss.backward()
+        if hp.grad_clip > 0:
+            nn.utils.clip_grad_norm_(parameters, hp.grad_clip)
+        optimizer.step()
+        return loss.detach().float()
+
+    train_step = Step(body, device, mode)
+    try:
+        # A retry starts after the last whole epoch saved, a paused trial after the step it paused at.
+        for epoch in range(len(history) // reports_per_epoch + 1, epochs + 1):
             start = time.perf_counter()
+            model.train()
             loss_sum = torch.zeros((), device=device)
-            done = 0
-        skip = 0
+            done = 0  # steps since the last report
+            # What draws this epoch's order and augmentation, kept only where a pause may save it.
+            epoch_order = generator.get_state() if save_at is not None else None
+            for step, (x, y) in enumerate(data.batches(hp.batch_size, generator, augment), 1):
+                if step <= skip:
+                    continue  # drawn as before the pause, so that the rest of the epoch is the same
+                loss_sum += train_step(x, y)
+                schedule.step()
+                done += 1
+                if step not in report_after:
+                    continue
+                train_loss = (loss_sum / done).item()  # the one host sync of the report's training
+                train_seconds = time.perf_counter() - start
+                if not math.isfinite(train_loss):
+                    raise Diverged(
+                        in_epochs(epoch, report_after[step][0], reports_per_epoch), train_loss
+                    )
+                value = evaluate_batches(
+                    model, data.val_batches(eval_batch), scoring, targets=data.targets
+                )
+                model.train()
+                seconds = time.perf_counter() - start
+                group = report_after[step]  # several reports of one evaluation: a short epoch
+                results = [
+                    EpochResult(
+                        epoch=in_epochs(epoch, report, reports_per_epoch),
+                        train_loss=train_loss,
+                        value=value,
+                        # A second report of the same evaluation cost nothing more.
+                        seconds=seconds if report == group[0] else 0.0,
+                        images_per_second=done * hp.batch_size / train_seconds,
+                        step=(epoch - 1) * reports_per_epoch + report,
+                    )
+                    for report in group
+                ]
+                ends_epoch = group[-1] == reports_per_epoch
+                for i, result in enumerate(results):
+                    history.append(result)
+                    pausing = result.step == save_at
+                    if checkpoint is not None and (pausing or (ends_epoch and i == len(group) - 1)):
+                        saved = {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                            "generator": generator.get_state() if ends_epoch else epoch_order,
+                            "torch_rng": torch.get_rng_state(),
+                            # A pause keeps the rest of this evaluation's reports, which follow it.
+                            "history": [dataclasses.asdict(r) for r in history + results[i + 1 :]],
+                        }
+                        if not ends_epoch:
+                            saved["epoch_steps"] = step
+                        checkpoint.save(saved)
+                    if on_epoch is not None:
+                        on_epoch(result)
+                start = time.perf_counter()
+                loss_sum = torch.zeros((), device=device)
+                done = 0
+            skip = 0
+    finally:
+        if step_report is not None:
+            step_report.ran, step_report.fallback = train_step.ran, train_step.fallback
     return history
 
 
-def _in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
+def report_points(steps: int, reports_per_epoch: int) -> dict[int, list[int]]:
+    """After which step of an epoch of ``steps`` each report comes (1-based): equal shares, the
+    last at the epoch's end. An epoch of fewer steps than reports makes several reports of one
+    evaluation."""
+    if reports_per_epoch < 1:
+        raise ValueError(f"reports_per_epoch must be at least 1, got {reports_per_epoch}")
+    report_after: dict[int, list[int]] = {}
+    for report in range(1, reports_per_epoch + 1):
+        at = max(1, round(steps * report / reports_per_epoch))
+        report_after.setdefault(at, []).append(report)
+    return report_after
+
+
+def in_epochs(epoch: int, report: int, reports_per_epoch: int) -> float:
     """Report ``report`` (1-based) of ``epoch``, in epochs: whole when reports are per epoch."""
     value = round(epoch - 1 + report / reports_per_epoch, 6)
     return int(value) if value.is_integer() else value
@@ -308,7 +380,7 @@ def evaluate_batches(
     for x, y in batches:
         if metric is None:
             metric = scoring.new_metric(y.device)
-        with _autocast(y.device):
+        with autocast(y.device):
             output = model_output(model, x)
         if targets is not None:
             output = targets.restore(output.float())
@@ -316,7 +388,10 @@ def evaluate_batches(
     return metric.compute() if metric is not None else 0.0
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def autocast(device: torch.device, cache: bool = True) -> torch.autocast:
     return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        device_type=device.type,
+        dtype=torch.bfloat16,
+        enabled=device.type == "cuda",
+        cache_enabled=cache,
     )
