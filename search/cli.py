@@ -66,6 +66,46 @@ def _gpu_list(text: str) -> tuple[int, ...]:
     return gpus
 
 
+def _jobs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes or auto") from None
+
+
+def _add_speed(parser: argparse.ArgumentParser) -> None:
+    """How a worker trains: processes, threads, the captured step, fused trials."""
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        help="worker processes on this machine, or auto: as many as a measured trial says fit "
+        "(default: 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per worker process (default: the usable cores split between them)",
+    )
+    parser.add_argument(
+        "--step",
+        choices=("auto", "eager", "captured"),  # search.step.STEP_MODES, without importing torch
+        default="auto",
+        help="train each batch eagerly, or replay a captured step (a CUDA graph; torch.compile "
+        "on the CPU); auto: captured on CUDA (default: auto)",
+    )
+    parser.add_argument(
+        "--fuse",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K trials of one model shape and batch size together as one batched "
+        "model, each its own trial (default: 1, one at a time)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
@@ -116,9 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--download", action="store_true", help="download missing torchvision datasets"
     )
-    run.add_argument(
-        "--jobs", type=int, default=1, help="worker processes on this machine (default: 1)"
-    )
+    _add_speed(run)
     run.add_argument(
         "--gpus",
         type=_gpu_list,
@@ -145,9 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", type=int, required=True, help="the study's target of finished trials, in all"
     )
     worker.add_argument("--storage", help="storage URL shared by all workers (or SEARCH_STORAGE)")
-    worker.add_argument(
-        "--jobs", type=int, default=1, help="worker processes on this machine (default: 1)"
-    )
+    _add_speed(worker)
     worker.add_argument(
         "--gpus", type=_gpu_list, default=(), help="spread the processes over these CUDA devices"
     )
@@ -393,6 +429,20 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     loop.add_argument(
         "--workers", type=_counts, default=(), help="also run N harness processes at once, e.g. 4,8"
     )
+    loop.add_argument(
+        "--captured",
+        action="store_true",
+        help="also time the captured step (a CUDA graph; torch.compile on the CPU), and fuse with it",
+    )
+    loop.add_argument(
+        "--fuse",
+        type=_counts,
+        default=(),
+        help="also train K trials fused into one model, e.g. 4,8",
+    )
+    loop.add_argument(
+        "--auto", action="store_true", help="also run as many processes as --jobs auto picks"
+    )
     loop.add_argument("--epochs", type=int, default=1, help="timed epochs per loop (default: 1)")
     loop.add_argument("--examples", type=int, help="train on the first N images (default: all)")
     loop.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -413,6 +463,15 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     whole.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     whole.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="dataset folder (default: ./data)"
+    )
+    whole.add_argument(
+        "--step",
+        choices=("auto", "eager", "captured"),  # search.step.STEP_MODES, without importing torch
+        default="auto",
+        help="the harness's steps: eager, or replayed from a capture (default: auto)",
+    )
+    whole.add_argument(
+        "--fuse", type=int, default=1, metavar="K", help="the harness's trials fused K at a time"
     )
     whole.add_argument(
         "--harness-only",
@@ -495,6 +554,9 @@ def _run(args: argparse.Namespace) -> int:
         download=args.download,
         heartbeat=args.heartbeat,
         jobs=args.jobs,
+        threads=args.threads,
+        step=args.step,
+        fuse=args.fuse,
         gpus=args.gpus,
         objectives=args.objectives,
         reports_per_epoch=args.reports_per_epoch,
@@ -539,6 +601,9 @@ def _worker(args: argparse.Namespace) -> int:
         data_dir=args.data_dir.expanduser(),
         heartbeat=args.heartbeat,
         jobs=args.jobs,
+        threads=args.threads,
+        step=args.step,
+        fuse=args.fuse,
         gpus=args.gpus,
         timeout=args.timeout,
         checkpoint_dir=args.checkpoint_dir.expanduser(),
@@ -612,6 +677,9 @@ def _bench_loop(args: argparse.Namespace) -> int:
         device=args.device,
         data_dir=args.data_dir.expanduser(),
         space=args.space,
+        captured=args.captured,
+        fuse=args.fuse,
+        auto=args.auto,
     )
     device, rows = loop.run(settings)
     if args.json:
@@ -632,6 +700,8 @@ def _bench_study(args: argparse.Namespace) -> int:
             device=args.device,
             data_dir=args.data_dir.expanduser(),
             reference=not args.harness_only,
+            step=args.step,
+            fuse=args.fuse,
         )
     )
     if args.json:

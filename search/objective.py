@@ -19,6 +19,7 @@ import gc
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from search.errors import OutOfMemory, SearchError, TrialError, TrialFailure
 from search.references import failure_line
 from search.rungs import Halving
 from search.spaces import Space
+from search.step import StepReport
 from search.study import (
     TRIAL_ATTR,
     continues,
@@ -68,6 +70,7 @@ class Objective:
         train: Callable[..., list[EpochResult]] = fit,
         reports_per_epoch: int = 1,
         tracker: Tracker | None = None,
+        step: str = "auto",
     ) -> None:
         self.space = space
         self.task = task
@@ -79,19 +82,46 @@ class Objective:
         self.train = train  # `search bench study` swaps in its reference loop; nothing else does
         self.reports_per_epoch = reports_per_epoch
         self.tracker = tracker or Tracker()  # TensorBoard, MLflow: see `search.trackers`
+        self.step = step  # eager, captured or auto: see `search.step`
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        return self.complete(self.start(trial))
+
+    def complete(self, run: TrialRun) -> float | tuple[float, ...]:
+        """Train ``run`` alone and finish it: its value, or what Optuna is to be told."""
+        try:
+            predict_oom(run.trials, run.size)
+            _fit_or_oom(
+                self.train,
+                run.model,
+                self.data,
+                run.hp,
+                run.size,
+                epochs=self.epochs,
+                seed=run.seed,
+                scoring=self.task.scoring,
+                on_epoch=run.report,
+                checkpoint=run.checkpoint,
+                history=run.history,
+                reports_per_epoch=self.reports_per_epoch,
+                save_at=run.pause,
+                step=self.step,
+                step_report=run.step_report,
+            )
+        except BaseException as error:
+            self.finish(run, error)
+        return self.finish(run, None)
+
+    def start(self, trial: optuna.Trial) -> TrialRun:
+        """Sample the trial's params and build its model, seeded as the trial (or the trial it
+        continues) is seeded; what training it needs, and reports to it, is in the result."""
         # The sampler runs lazily, at the first suggest: this is its wall time (with the writes
         # of the params), which a benchmark charges to the trial beside its training.
         sampling_start = time.perf_counter()
         params = self.space.suggest(trial)
         sampling_seconds = time.perf_counter() - sampling_start
-        pruning_seconds = promotion.deciding_seconds(trial.study.pruner)
         hp = self.space.hyperparameters(params)
-        scoring = self.task.scoring
-        size = {"batch_size": hp.batch_size, **self.task.model.size(params)}
-        trials, origin = read_trials(trial)  # also what the OOM check below compares with
-        pause = pause_step(trial, trials)
+        trials, origin = read_trials(trial)  # also what the OOM check compares with
         self.tracker.started(trial.number, params, retried_from(trials[trial.number]))
         seed = trial_seed(self.seed, origin)
         device = self.data.device
@@ -102,60 +132,47 @@ class Objective:
         checkpoint = None
         if self.checkpoint_dir is not None:
             checkpoint = FileCheckpoint(trial_path(self.checkpoint_dir, origin), device)
-        history: list[EpochResult] = []
-
-        def report_and_maybe_prune(result: EpochResult) -> None:
-            nonlocal pruning_seconds
-            self.tracker.reported(trial.number, result)
-            if len(self.objectives) > 1:
-                return
-            trial.report(result.value, result.step)
-            # After the last epoch there is no training left to save: the trial is complete.
-            if result.step >= self.epochs * self.reports_per_epoch:
-                return
-            if isinstance(trial.study.pruner, Halving):
-                if result.step == pause:  # its state is saved: it waits for its rung's decision
-                    raise promotion.Paused(result.step, result.epoch)
-                return  # successive halving that promotes stops no trial between its rungs
-            start = time.perf_counter()
-            prune = trial.should_prune()
-            pruning_seconds += time.perf_counter() - start
-            if prune:
-                raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
-
         attrs: dict[str, Any] = {
             "seed": seed,
             "device": str(device),
             "data_mode": self.data.mode,
             "param_count": sum(p.numel() for p in model.parameters()),
+            "threads": torch.get_num_threads(),
+            **segment_attrs(trials[trial.number], origin),
         }
-        attrs.update(segment_attrs(trials[trial.number], origin))
-        start = time.perf_counter()
+        return TrialRun(
+            self,
+            trial,
+            params=params,
+            hp=hp,
+            size={"batch_size": hp.batch_size, **self.task.model.size(params)},
+            trials=trials,
+            origin=origin,
+            seed=seed,
+            model=model,
+            checkpoint=checkpoint,
+            pause=pause_step(trial, trials),
+            attrs=attrs,
+            sampling_seconds=sampling_seconds,
+            pruning_seconds=promotion.deciding_seconds(trial.study.pruner),
+        )
+
+    def finish(self, run: TrialRun, error: BaseException | None) -> float | tuple[float, ...]:
+        """Record how ``run`` ended (``error``: None if it trained to the end) on its trial and
+        return its value; or raise what Optuna is to be told (pruned, failed, interrupted)."""
+        trial, attrs, history, scoring = run.trial, run.attrs, run.history, self.task.scoring
+        device = self.data.device
         outcome = ""
         try:
-            _predict_oom(trials, size)
-            _fit_or_oom(
-                self.train,
-                model,
-                self.data,
-                hp,
-                size,
-                epochs=self.epochs,
-                seed=seed,
-                scoring=scoring,
-                on_epoch=report_and_maybe_prune,
-                checkpoint=checkpoint,
-                history=history,
-                reports_per_epoch=self.reports_per_epoch,
-                save_at=pause,
-            )
+            if error is not None:
+                raise error
         except TrialFailure as failure:
             # The failing epoch ran but reported nothing, so it is not in the history.
             attrs.update(
                 fail_reason=failure.reason, fail_detail=str(failure), epochs_run=failure.epoch
             )
             if failure.reason == "oom":
-                attrs["oom_at"] = size
+                attrs["oom_at"] = run.size
             outcome = f"failed: {failure}"
             raise
         except optuna.TrialPruned as pruned:
@@ -183,19 +200,24 @@ class Objective:
         finally:
             attrs = {
                 **_costs(history, device),
-                "seconds": round(time.perf_counter() - start, 4),
+                **step_attrs(run.step_report),
+                # A fused trial's share of its group's time.
+                "seconds": round((time.perf_counter() - run.started) / run.share, 4),
                 "reports_per_epoch": self.reports_per_epoch,
-                "sampling_seconds": round(sampling_seconds, 4),
-                "pruning_seconds": round(pruning_seconds, 4),
+                "sampling_seconds": round(run.sampling_seconds, 4),
+                "pruning_seconds": round(run.pruning_seconds, 4),
                 **attrs,
             }
+            checkpoint = run.checkpoint
             if checkpoint is not None and checkpoint.restored_epochs:
                 attrs["resumed_from_epoch"] = checkpoint.restored_epochs
             if "fail_reason" in attrs:
                 trial.set_user_attr("fail_reason", attrs.pop("fail_reason"))
             trial.set_user_attr(TRIAL_ATTR, attrs)
             if outcome:
-                save_trial_note(trial, trial_note(outcome, params, history, scoring.metric_name))
+                save_trial_note(
+                    trial, trial_note(outcome, run.params, history, scoring.metric_name)
+                )
                 if checkpoint is not None and "paused_at" not in attrs:
                     checkpoint.delete()  # finished: its retry will never need it
         value = scoring.best([result.value for result in history])
@@ -206,6 +228,62 @@ class Objective:
             "params": float(attrs["param_count"]),
         }
         return (value, *(costs[name] for name in self.objectives[1:]))
+
+
+@dataclass
+class TrialRun:
+    """One trial between `Objective.start` and `Objective.finish`: what it trains, and what it
+    records; `report` is its ``on_epoch``: it reports to Optuna and prunes or pauses the trial."""
+
+    objective: Objective
+    trial: optuna.Trial
+    params: dict[str, Any]
+    hp: Hyperparameters
+    size: dict[str, float]  # the batch size and model arguments that an OOM is recorded at
+    trials: list[optuna.trial.FrozenTrial]
+    origin: int  # the trial it retries or continues, or its own number
+    seed: int
+    model: torch.nn.Module
+    checkpoint: FileCheckpoint | None
+    pause: int | None  # the step it pauses at, under successive halving that promotes
+    attrs: dict[str, Any]
+    sampling_seconds: float
+    pruning_seconds: float
+    history: list[EpochResult] = field(default_factory=list)
+    step_report: StepReport = field(default_factory=StepReport)
+    started: float = field(default_factory=time.perf_counter)
+    share: int = 1  # trials trained together with it (`search.fused_trials`), itself included
+
+    def out_of_memory(self) -> OutOfMemory:
+        """The failure of this trial's training running out of memory."""
+        return OutOfMemory(int(epochs_done(self.history)) + 1, _describe(self.size))
+
+    def report(self, result: EpochResult) -> None:
+        objective, trial = self.objective, self.trial
+        objective.tracker.reported(trial.number, result)
+        if len(objective.objectives) > 1:
+            return
+        trial.report(result.value, result.step)
+        # After the last epoch there is no training left to save: the trial is complete.
+        if result.step >= objective.epochs * objective.reports_per_epoch:
+            return
+        if isinstance(trial.study.pruner, Halving):
+            if result.step == self.pause:  # its state is saved: it waits for its rung's decision
+                raise promotion.Paused(result.step, result.epoch)
+            return  # successive halving that promotes stops no trial between its rungs
+        start = time.perf_counter()
+        prune = trial.should_prune()
+        self.pruning_seconds += time.perf_counter() - start
+        if prune:
+            raise optuna.TrialPruned(f"pruned at epoch {result.epoch}")
+
+
+def step_attrs(report: StepReport) -> dict[str, Any]:
+    """How the trial's steps ran (``eager``, ``graph``, ``compiled``), and why not captured if
+    capture was asked and failed."""
+    if report.fallback is None:
+        return {"step": report.ran}
+    return {"step": report.ran, "step_fallback": report.fallback}
 
 
 def read_trials(trial: optuna.Trial) -> tuple[list[optuna.trial.FrozenTrial], int]:
@@ -263,7 +341,7 @@ def _fit_or_oom(
     raise OutOfMemory(int(epochs_done(history)) + 1, _describe(size))
 
 
-def _predict_oom(trials: list[optuna.trial.FrozenTrial], size: dict[str, float]) -> None:
+def predict_oom(trials: list[optuna.trial.FrozenTrial], size: dict[str, float]) -> None:
     """Fail at once, as `oom`, a configuration at least as large as one that ran out of memory.
 
     Samplers learn nothing from failed trials, so the study itself remembers: a later trial with

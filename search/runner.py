@@ -20,13 +20,14 @@ from typing import Any
 
 import optuna
 
-from search import claims, given, promotion, spaces, trackers, warm_start, workers
+from search import capacity, claims, given, promotion, spaces, trackers, warm_start, workers
 from search import study as studies
 from search.contract import TrainingData
 from search.errors import SettingsError, SpaceError, StorageError
 from search.given import Given
 from search.rungs import Halving
 from search.spaces import Space
+from search.step import STEP_MODES
 from search.tasks import Task, placement, resolve
 from search.tasks.data import can_augment
 from search.tasks.models import shape_text
@@ -63,7 +64,10 @@ class RunSettings:
     data_dir: Path = Path("data")
     download: bool = False
     heartbeat: int = 10
-    jobs: int = 1
+    jobs: int | str = 1  # or "auto": measured (`search.capacity`)
+    threads: int | None = None  # torch threads per worker (default: the cores split between them)
+    step: str = "auto"  # eager or captured training steps (`search.step`)
+    fuse: int = 1  # trials trained together as one batched model (`search.fused_trials`)
     gpus: tuple[int, ...] = ()
     objectives: str | None = None  # comma-separated names from `search.study.OBJECTIVES`
     reports_per_epoch: int | None = None  # validation reports (and pruning decisions) per epoch
@@ -140,7 +144,8 @@ def run(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResult
         )
     else:
         verb = "resuming" if finished_before else "running"
-        where = f"{settings.jobs} workers" if settings.jobs > 1 else str(ready.device)
+        jobs = len(ready.plan.devices)
+        where = f"{jobs} workers" if jobs > 1 else str(ready.device)
         echo(
             f"{verb} study {name}: {finished_before} of {settings.trials} trials finished, "
             f"running {settings.trials - finished_before} more on {where}"
@@ -160,7 +165,7 @@ def join(settings: RunSettings, echo: Callable[[str], None] = print) -> RunResul
     start = time.perf_counter()
     echo(
         f"joining study {study.study_name} in {studies.describe(plan.url)}: {finished_before} of "
-        f"{settings.trials} trials finished; {settings.jobs} worker(s) on "
+        f"{settings.trials} trials finished; {len(plan.devices)} worker(s) on "
         + ", ".join(sorted({str(d or ready.device) for d in plan.devices}))
     )
     workers.run_all(plan, study=study, first_data=ready.data)
@@ -225,11 +230,15 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
     )
     if existing is not None:
         check_unchanged(existing, task, _start_new(settings))
-    worker_devices = workers.devices(settings.device, list(settings.gpus), settings.jobs)
+    per_device = 1 if settings.jobs == "auto" else int(settings.jobs)
+    worker_devices = workers.devices(
+        settings.device, list(settings.gpus), per_device * max(1, len(settings.gpus))
+    )
     for name_of_device in set(worker_devices):
         pick_device(name_of_device)  # every worker's device exists here
     device = pick_device(worker_devices[0])
     data = None
+    threads = capacity.threads_per_worker(len(worker_devices), settings.threads)
     if task.train is None:  # a training function of the user's brings its own data and model
         data = placement.load_data(
             task,
@@ -248,6 +257,20 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         examples = data.examples(2)
         _check_augment(space, task, examples[0])
         resolve.check_model(task, space, examples)
+        _check_fuse(settings, fixed, data.mode)
+        if settings.jobs == "auto":
+            choice = capacity.choose(task, space, data, device, settings.trials)
+            echo(f"--jobs auto: {choice.reason}")
+            worker_devices = workers.devices(
+                settings.device, list(settings.gpus), choice.jobs * max(1, len(settings.gpus))
+            )
+            threads = settings.threads or choice.threads
+    elif settings.jobs == "auto" or settings.fuse > 1:
+        flag = "--jobs auto" if settings.jobs == "auto" else f"--fuse {settings.fuse}"
+        raise SettingsError(
+            f"{flag}: works on the harness's own training loop, not a training function of "
+            "the user's; give --jobs N" + (" and leave --fuse out" if settings.fuse > 1 else "")
+        )
 
     sources = []
     if settings.warm_start and existing is None:
@@ -313,7 +336,9 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         data_dir=settings.data_dir,
         heartbeat=settings.heartbeat,
         timeout=settings.timeout,
-        threads=workers.threads_per_worker(settings.jobs, device),
+        threads=threads,
+        step=settings.step,
+        fuse=settings.fuse,
         show_trials=not settings.quiet,
         checkpoint_dir=settings.checkpoint_dir,
         # `search run` keeps its samplers' seeds reproducible; a worker may share its study
@@ -378,6 +403,22 @@ def study_name(settings: RunSettings) -> str:
     return settings.study or spaces.name_of(settings.space, settings.objects)
 
 
+def _check_fuse(settings: RunSettings, fixed: dict[str, Any], data_mode: str) -> None:
+    """Fused trials train on device-resident data, and stop between reports, never pause."""
+    if settings.fuse == 1:
+        return
+    if fixed["pruner"] in ("halving", "halving-hb"):  # the pruners that pause (search.rungs)
+        raise SettingsError(
+            f"--fuse {settings.fuse} and --pruner {fixed['pruner']}: fused trials cannot pause "
+            "for a rung; use --pruner sha (or median, hyperband)"
+        )
+    if data_mode != "resident":
+        raise SettingsError(
+            f"--fuse {settings.fuse}: fused trials draw their batches from device-resident data, "
+            f"and this study's data is streamed ({data_mode}); use --data-mode resident"
+        )
+
+
 def _check_ranges(settings: RunSettings) -> None:
     if settings.trials < 0:
         raise SettingsError(f"--trials must be 0 (create only) or more, got {settings.trials}")
@@ -385,8 +426,14 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--epochs must be at least 1, got {settings.epochs}")
     if settings.seed is not None and not 0 <= settings.seed < 2**32:
         raise SettingsError(f"--seed must be in 0..{2**32 - 1}, got {settings.seed}")
-    if settings.jobs < 1:
-        raise SettingsError(f"--jobs must be at least 1, got {settings.jobs}")
+    if settings.jobs != "auto" and (not isinstance(settings.jobs, int) or settings.jobs < 1):
+        raise SettingsError(f"--jobs must be at least 1 or auto, got {settings.jobs!r}")
+    if settings.threads is not None and settings.threads < 1:
+        raise SettingsError(f"--threads must be at least 1, got {settings.threads}")
+    if settings.step not in STEP_MODES:
+        raise SettingsError(f"--step {settings.step!r}: choose one of {', '.join(STEP_MODES)}")
+    if settings.fuse < 1:
+        raise SettingsError(f"--fuse must be at least 1, got {settings.fuse}")
     if settings.reports_per_epoch is not None and not (
         1 <= settings.reports_per_epoch <= MAX_REPORTS_PER_EPOCH
     ):

@@ -68,6 +68,7 @@ def run_until_target(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     name: str = "worker",
     decide: Callable[[optuna.Study], bool] | None = None,
+    group: Callable[[optuna.Study, int], bool] | None = None,
 ) -> None:
     """Run trials one at a time until ``study`` has ``target`` finished trials (or ``timeout``).
 
@@ -75,7 +76,9 @@ def run_until_target(
     stale heartbeat takes three intervals to show, so checking more often finds nothing new) and
     on every wait; a wait polls the counts every ``poll`` seconds. With ``decide`` (successive
     halving's rung decisions, `search.promotion.decide`), rungs are decided after every trial
-    and before the loop ends: a decision can give paused trials their continuations.
+    and before the loop ends: a decision can give paused trials their continuations. With
+    ``group`` (`search.fused_trials.FusedGroups`), trials run in fused groups: it is offered the
+    places left, and runs a group in them or declines (returns False) for a trial alone.
 
     Raises:
         StorageError: the storage did not answer for ``reconnect_timeout`` seconds.
@@ -104,6 +107,10 @@ def run_until_target(
             requeued = -math.inf
             if decide is not None:
                 decide(study)  # a rung that the worker which filled it died before deciding
+            return False
+        if group is not None and group(study, target - now.finished - now.running):
+            if decide is not None:
+                decide(study)
             return False
         try:
             # None when there are none: Optuna then skips reading the finished trial back for them.

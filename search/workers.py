@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from search import promotion, target
 from search import study as studies
 from search.contract import TrainingData
 from search.errors import SearchError, SettingsError
+from search.fused_trials import FusedGroups
 from search.objective import Objective
 from search.own_objective import OwnObjective
 from search.progress import TrialLog
@@ -55,8 +55,10 @@ class Plan:
     data_dir: Path  # a registered task's files
     heartbeat: int
     timeout: float | None
-    threads: int | None  # torch threads per worker (CPU workers split the cores)
+    threads: int  # torch threads per worker (`search.capacity.threads_per_worker`)
     show_trials: bool = True
+    step: str = "auto"  # eager or captured steps (`search.step`)
+    fuse: int = 1  # trials trained together (`search.fused_trials`)
     checkpoint_dir: Path = studies.STUDIES_DIR / "checkpoints"
     salt: int = 0  # tells apart the sampler seeds of workers on different machines
     reconnect_timeout: float = 300.0  # seconds to keep retrying a storage that stopped answering
@@ -128,8 +130,7 @@ def work(
     show_bar: bool = False,
 ) -> None:
     """Worker ``index``: run trials on the study until it has its target."""
-    if plan.threads is not None:
-        torch.set_num_threads(plan.threads)
+    torch.set_num_threads(plan.threads)
     device = pick_device(plan.devices[index])
     fixed = plan.fixed
     if data is None and plan.task.train is None:
@@ -203,7 +204,12 @@ def work(
                 objectives=tuple(fixed.get("objectives", "accuracy").split(",")),
                 reports_per_epoch=reports_per_epoch,
                 tracker=tracker,
+                step=plan.step,
             )
+        callbacks = [log, tracker] if tracker.trackers else [log]
+        group = None
+        if plan.fuse > 1 and isinstance(objective, Objective):
+            group = FusedGroups(objective, plan.fuse, plan.target, callbacks)
         target.run_until_target(
             study,
             objective,
@@ -213,9 +219,10 @@ def work(
             requeue_every=plan.heartbeat,
             timeout=plan.timeout,
             reconnect_timeout=plan.reconnect_timeout,
-            callbacks=[log, tracker] if tracker.trackers else [log],
+            callbacks=callbacks,
             name=name,
             decide=decide,
+            group=group,
         )
 
 
@@ -259,10 +266,3 @@ def _child(plan: Plan, index: int) -> None:
         work(plan, index)
     except KeyboardInterrupt:
         pass  # the parent reports the interruption once
-
-
-def threads_per_worker(jobs: int, device: torch.device) -> int | None:
-    """CPU workers split the cores between them; GPU workers keep torch's default."""
-    if jobs == 1 or device.type == "cuda":
-        return None
-    return max(1, (os.cpu_count() or 1) // jobs)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,17 @@ def test_worker_devices_and_threads() -> None:
     assert workers.devices(None, [0, 1], 5) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     with pytest.raises(SettingsError, match="--device cpu and --gpus"):
         workers.devices("cpu", [0], 2)
-    assert workers.threads_per_worker(1, torch.device("cpu")) is None
-    assert workers.threads_per_worker(64, torch.device("cpu")) == 1
+    from search import capacity
+
+    cores = capacity.usable_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    # Workers split the usable cores, at least one thread each; --threads overrides.
+    assert capacity.threads_per_worker(1) == cores
+    assert capacity.threads_per_worker(64) == 1
+    assert capacity.threads_per_worker(2) * 2 <= max(cores, 2)
+    assert capacity.threads_per_worker(64, threads=3) == 3
+    with pytest.raises(SettingsError, match="--threads must be at least 1, got 0"):
+        capacity.threads_per_worker(1, threads=0)
 
 
 def test_sampler_seeds_differ_by_worker_and_by_resume() -> None:
