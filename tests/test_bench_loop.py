@@ -4,6 +4,7 @@ streamed data), packed workers, JSON."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,39 @@ def test_bench_study_runs_the_same_study_on_both_loops(cli, write_space, tmp_pat
     assert payload["speedup"] == reference["wall_seconds"] / harness["wall_seconds"]
     assert "the harness ran the study" in result.stdout
     assert not (tmp_path / "studies").exists()  # its two studies lived in a temporary folder
+
+
+def test_bench_loop_and_study_time_fused_trials_and_jobs_auto(cli, write_space, tmp_path) -> None:
+    """The rows of the GPU measurement, on the CPU: K trials fused into one model, as many
+    processes as ``--jobs auto`` picks, and a study trained in fused groups."""
+    from conftest import tiny_space
+
+    result = cli(
+        "bench", "loop", "--task", "synthetic-mnist", "--examples", "800", "--batch-sizes", "32",
+        "--fuse", "2", "--auto", "--json", "loop.json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    jobs = int(re.search(r"--jobs auto: .*: (\d+) process", result.stdout).group(1))
+    rows = {r["loop"]: r for r in json.loads((tmp_path / "loop.json").read_text())["rows"]}
+    assert set(rows) == {
+        "reference",
+        "harness",
+        "streaming",
+        "recipe",
+        "fused ×2",
+        f"harness ×{jobs}",
+    }
+    fused = rows["fused ×2"]
+    # Two models' epochs of 24 batches of 32, in the seconds the group took.
+    assert fused["images_per_second"] == pytest.approx(2 * 768 / fused["seconds_per_epoch"])
+
+    space = write_space(tiny_space(epochs=2))
+    study = cli("bench", "study", "--space", str(space), "--trials", "6", "--fuse", "3",
+                "--harness-only", "--json", "study.json")  # fmt: skip
+    assert study.returncode == 0, study.stderr
+    (timing,) = json.loads((tmp_path / "study.json").read_text())["studies"]
+    assert timing["loop"] == "harness fused ×3"
+    assert 0 < timing["trial_seconds"] <= timing["wall_seconds"]  # each trial its group's share
 
 
 def test_reference_loop_learns_as_the_harness_does() -> None:

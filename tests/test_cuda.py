@@ -1,5 +1,6 @@
 """The GPU paths on a real CUDA device: bf16 autocast and channels_last training, data streamed
-through pinned memory, a study and its export, a real out-of-memory error, two workers on one GPU.
+through pinned memory, a study and its export, a real out-of-memory error, two workers on one GPU,
+the captured step (a CUDA graph) and its fallback, fused trials, and `--jobs auto`.
 
 Every test here is marked ``cuda`` and skipped where torch sees no CUDA device (see conftest).
 """
@@ -20,6 +21,8 @@ from tasks.formats import digits
 
 from search import study as studies
 from search import tasks
+from search.fused_train import Member, fit_fused
+from search.step import StepReport
 from search.tasks import models
 from search.tasks.data import DeviceData
 from search.tasks.streaming import StreamingData
@@ -191,3 +194,80 @@ def test_two_workers_share_one_gpu(cli, tmp_path) -> None:
     study = _study(tmp_path, "tiny")
     assert studies.count_finished(study) == 6
     assert all(t.state != optuna.trial.TrialState.FAIL for t in study.trials)
+
+
+# The recipes a captured step must hold: each optimizer's fused or capturable form, a schedule
+# with warm-up setting the rate on the device, clipping.
+CAPTURED_RECIPES = [
+    Hyperparameters(lr=3e-3, batch_size=64, optimizer="adamw", lr_schedule="cosine", warmup=0.1,
+                    grad_clip=1.0),
+    Hyperparameters(lr=1e-2, batch_size=64, optimizer="sgd", momentum=0.9, lr_schedule="onecycle"),
+    Hyperparameters(lr=1e-3, batch_size=64, optimizer="rmsprop", momentum=0.5, label_smoothing=0.1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("hp", CAPTURED_RECIPES, ids=lambda hp: hp.optimizer)
+def test_a_captured_step_replays_a_cuda_graph_and_trains_as_the_eager_one(hp) -> None:
+    data = _digits_on_gpu()
+    runs = {}
+    for mode in ("eager", "captured"):
+        report = StepReport()
+        runs[mode] = fit(_cnn(), data, hp, epochs=3, seed=1, step=mode, step_report=report)
+        assert report.ran == ("graph" if mode == "captured" else "eager"), report.fallback
+    for eager, captured in zip(runs["eager"], runs["captured"], strict=True):
+        assert captured.train_loss == pytest.approx(eager.train_loss, rel=0.05)  # bf16
+        assert captured.value == pytest.approx(eager.value, abs=0.03)
+    assert runs["captured"][-1].value > 0.85
+
+
+class _ReadsBack(torch.nn.Module):
+    """A model that reads a value back to the host in its forward: no CUDA graph can hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _cnn(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max().item() > 1e6:
+            raise ValueError("huge input")
+        return self.inner(x)
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why() -> None:
+    data = _digits_on_gpu()
+    report = StepReport()
+    history = fit(
+        _ReadsBack(), data, Hyperparameters(lr=3e-3, batch_size=64), epochs=2, seed=0,
+        step="captured", step_report=report,
+    )  # fmt: skip
+    assert report.ran == "eager"
+    assert report.fallback.startswith("CUDA graph capture: ")
+    assert history[-1].value > 0.8  # every batch trained, the one of the failed capture too
+
+
+def test_fused_trials_on_the_gpu_train_as_each_alone_captured_or_not() -> None:
+    data = _digits_on_gpu()
+    alone = [fit(_cnn(), data, hp, epochs=2, seed=i) for i, hp in enumerate(CAPTURED_RECIPES)]
+    for step in ("eager", "captured"):
+        members = [Member(_cnn(), hp, i) for i, hp in enumerate(CAPTURED_RECIPES)]
+        report = fit_fused(members, data, epochs=2, step=step)
+        assert report.ran == ("graph" if step == "captured" else "eager"), report.fallback
+        for solo, member in zip(alone, members, strict=True):
+            for a, b in zip(solo, member.history, strict=True):
+                assert b.train_loss == pytest.approx(a.train_loss, rel=0.05)
+                assert b.value == pytest.approx(a.value, abs=0.03)
+
+
+def test_a_study_fuses_captures_and_picks_its_jobs_on_the_gpu(cli, tmp_path) -> None:
+    (tmp_path / "tiny.toml").write_text(toml(tiny_space()))
+    run = cli("run", "--space", "tiny.toml", "--trials", "8", "--fuse", "4", "--jobs", "auto",
+              "--device", "cuda", "--pruner", "none")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "--jobs auto: a step keeps the GPU busy" in run.stdout
+    trials = _study(tmp_path, "tiny").trials
+    assert len(trials) == 8
+    for trial in trials:
+        attrs = studies.trial_attrs(trial)
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert attrs["step"] == "graph" and "step_fallback" not in attrs
+        assert 1 <= attrs.get("fused", 1) <= 4

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +29,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from search import spaces, tasks
+from search import capacity, spaces, tasks
 from search.contract import LOOP_PARAMS, EpochResult, Hyperparameters, TrainingData
 from search.errors import Diverged, SettingsError
+from search.fused_train import Member, fit_fused
+from search.step import StepReport
 from search.tasks import factory, resolve, user_data
 from search.tasks.data import DeviceData
 from search.tasks.streaming import StreamingData
@@ -56,11 +57,14 @@ class LoopSettings:
     device: str | None = None
     data_dir: Path = Path("data")
     space: str | None = None  # a space's task and model instead of --task/--model/--depth
+    captured: bool = False  # also the harness with its step captured (a CUDA graph; compiled)
+    fuse: tuple[int, ...] = ()  # also K trials fused into one model (`search.fused_train`)
+    auto: bool = False  # also as many processes as `--jobs auto` picks
 
 
 @dataclass(frozen=True)
 class Row:
-    loop: str  # "reference", "harness", "streaming", "harness ×N"
+    loop: str  # "reference", "harness", "streaming", "recipe", "captured", "fused ×K", "harness ×N"
     batch_size: int
     seconds_per_epoch: float
     images_per_second: float
@@ -103,6 +107,15 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
         f"({model_args}), {data.n_train} training images, {settings.epochs} epoch(s), on {name}"
     )
     rows: list[Row] = []
+    packs = list(settings.workers)
+    if settings.auto:
+        hp = Hyperparameters(
+            batch_size=min(settings.batch_sizes), optimizer="sgd", lr=0.01, momentum=0.9
+        )
+        choice = capacity.choose_for(task, params, hp, data, device, trials=1000)
+        echo(f"--jobs auto: {choice.reason}")
+        packs.append(choice.jobs)
+    step = "captured" if settings.captured else "eager"
     for batch_size in settings.batch_sizes:
         hp = Hyperparameters(batch_size=batch_size, optimizer="sgd", lr=0.01, momentum=0.9)
         reference = _reference(task, params, settings, split, data, hp, device)
@@ -113,10 +126,17 @@ def run(settings: LoopSettings, echo: Any = print) -> tuple[str, list[Row]]:
         rows.append(Row("streaming", batch_size, *streaming, streaming[1] / reference[1]))
         recipe = _harness(task, params, settings, data, dataclasses.replace(hp, **RECIPE))
         rows.append(Row("recipe", batch_size, *recipe, recipe[1] / reference[1]))
-        for n in settings.workers:
+        if settings.captured:
+            captured = _harness(task, params, settings, data, hp, step="captured")
+            rows.append(Row("captured", batch_size, *captured, captured[1] / reference[1]))
+        for k in settings.fuse:
+            fused = _fused(task, params, settings, data, hp, k, step)
+            rows.append(Row(f"fused ×{k}", batch_size, *fused, fused[1] / reference[1]))
+        for n in packs:
             total = _packed(settings, n, batch_size)
             rows.append(Row(f"harness ×{n}", batch_size, float("nan"), total, total / reference[1]))
-        for row in rows[-4 - len(settings.workers) :]:
+        shown = 4 + settings.captured + len(settings.fuse) + len(packs)
+        for row in rows[-shown:]:
             echo(f"  {format_row(row)}")
         echo(
             f"  the recipe ({', '.join(f'{k} {v}' for k, v in RECIPE.items())}) takes "
@@ -179,8 +199,8 @@ def _split(task: tasks.Task, settings: LoopSettings) -> tasks.Split:
     return split.take(slice(0, settings.examples))
 
 
-def _build(task: tasks.Task, params: dict[str, Any]) -> torch.nn.Module:
-    torch.manual_seed(0)
+def _build(task: tasks.Task, params: dict[str, Any], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
     return task.build_model(params)
 
 
@@ -190,19 +210,135 @@ def _harness(
     settings: LoopSettings,
     data: TrainingData,
     hp: Hyperparameters,
+    step: str = "eager",
 ) -> tuple[float, float]:
-    n = hp.batch_size * WARMUP_STEPS + 2
     # A few untimed steps on a small resident copy.
-    warm = DeviceData.from_split(
-        tasks.Split(*data.examples(n)), val_fraction=0.01, seed=0, device=data.device
-    )
-    fit(_build(task, params), warm, hp, epochs=1, seed=0, scoring=task.scoring)
+    warm = _warm_up_data(data, hp.batch_size)
+    fit(_build(task, params), warm, hp, epochs=1, seed=0, scoring=task.scoring, step=step)
+    report = StepReport()
     history = fit(
-        _build(task, params), data, hp, epochs=settings.epochs, seed=0, scoring=task.scoring
-    )
+        _build(task, params), data, hp, epochs=settings.epochs, seed=0, scoring=task.scoring,
+        step=step, step_report=report,
+    )  # fmt: skip
+    if step == "captured" and report.fallback:
+        raise SettingsError(f"bench loop: the captured step fell back to eager: {report.fallback}")
     images_per_second = sum(r.images_per_second for r in history) / len(history)
     steps = data.n_train // hp.batch_size
     return steps * hp.batch_size / images_per_second, images_per_second
+
+
+def _fused(
+    task: tasks.Task,
+    params: dict[str, Any],
+    settings: LoopSettings,
+    data: TrainingData,
+    hp: Hyperparameters,
+    k: int,
+    step: str,
+) -> tuple[float, float]:
+    """K trials of the same recipe (each its own model and data order) fused into one model:
+    the seconds per epoch of all K, and the images/s they train together."""
+
+    def members() -> list[Member]:
+        return [Member(_build(task, params, seed=i), hp, seed=i) for i in range(k)]
+
+    fit_fused(
+        members(), _warm_up_data(data, hp.batch_size), epochs=1, scoring=task.scoring, step=step
+    )
+    group = members()
+    report = fit_fused(group, data, epochs=settings.epochs, scoring=task.scoring, step=step)
+    if step == "captured" and data.device.type == "cuda" and report.fallback:
+        raise SettingsError(f"bench loop: the fused step fell back to eager: {report.fallback}")
+    history = group[0].history  # each member's images/s is the group's (see fused_train)
+    images_per_second = sum(r.images_per_second for r in history) / len(history)
+    steps = data.n_train // hp.batch_size
+    return k * steps * hp.batch_size / images_per_second, images_per_second
+
+
+def _warm_up_data(data: TrainingData, batch_size: int) -> DeviceData:
+    n = batch_size * WARMUP_STEPS + 2
+    return DeviceData.from_split(
+        tasks.Split(*data.examples(n)), val_fraction=0.01, seed=0, device=data.device
+    )
+
+
+def _build(task: tasks.Task, params: dict[str, Any], seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return task.build_model(params)
+
+
+def _harness(
+    task: tasks.Task,
+    params: dict[str, Any],
+    settings: LoopSettings,
+    data: TrainingData,
+    hp: Hyperparameters,
+    step: str = "eager",
+) -> tuple[float, float]:
+    # A few untimed steps on a small resident copy.
+    warm = _warm_up_data(data, hp.batch_size)
+    fit(_build(task, params), warm, hp, epochs=1, seed=0, scoring=task.scoring, step=step)
+    report = StepReport()
+    history = fit(
+        _build(task, params), data, hp, epochs=settings.epochs, seed=0, scoring=task.scoring,
+        step=step, step_report=report,
+    )  # fmt: skip
+    if step == "captured" and report.fallback:
+        raise SettingsError(f"bench loop: the captured step fell back to eager: {report.fallback}")
+    images_per_second = sum(r.images_per_second for r in history) / len(history)
+    steps = data.n_train // hp.batch_size
+    return steps * hp.batch_size / images_per_second, images_per_second
+
+
+def _fused(
+    task: tasks.Task,
+    params: dict[str, Any],
+    settings: LoopSettings,
+    data: TrainingData,
+    hp: Hyperparameters,
+    k: int,
+    step: str,
+) -> tuple[float, float]:
+    """K trials of the same recipe (each its own model and data order) fused into one model:
+    the seconds per epoch of all K, and the images/s they train together."""
+
+    def members() -> list[Member]:
+        return [Member(_build(task, params, seed=i), hp, seed=i) for i in range(k)]
+
+    fit_fused(
+        members(), _warm_up_data(data, hp.batch_size), epochs=1, scoring=task.scoring, step=step
+    )
+    group = members()
+    report = fit_fused(group, data, epochs=settings.epochs, scoring=task.scoring, step=step)
+    if step == "captured" and data.device.type == "cuda" and report.fallback:
+        raise SettingsError(f"bench loop: the fused step fell back to eager: {report.fallback}")
+    history = group[0].history  # each member's images/s is the group's (see fused_train)
+    images_per_second = sum(r.images_per_second for r in history) / len(history)
+    steps = data.n_train // hp.batch_size
+    return k * steps * hp.batch_size / images_per_second, images_per_second
+
+
+def _warm_up_data(data: TrainingData, batch_size: int) -> DeviceData:
+    n = batch_size * WARMUP_STEPS + 2
+    return DeviceData.from_split(
+        tasks.Split(*data.examples(n)), val_fraction=0.01, seed=0, device=data.device
+    )
+
+
+class _LoopSpace:
+    """What `search.capacity.choose` reads of a space, for the bench's one configuration."""
+
+    def __init__(self, params: dict[str, Any], settings: LoopSettings) -> None:
+        self.params = params
+        self.batch_size = min(settings.batch_sizes)
+
+    def extreme_configurations(self) -> list[dict[str, Any]]:
+        return [{**self.params, "batch_size": self.batch_size}]
+
+    def hyperparameters(self, params: dict[str, Any]) -> Hyperparameters:
+        return Hyperparameters(
+            batch_size=params["batch_size"], optimizer="sgd", lr=0.01, momentum=0.9
+        )
 
 
 def _reference(
@@ -295,6 +431,8 @@ def reference_fit(
     reports_per_epoch: int = 1,
     schedule_epochs: int | None = None,
     save_at: int | None = None,
+    step: str = "eager",
+    step_report: Any = None,
 ) -> list[EpochResult]:
     """`train.fit`'s signature on the reference loop, for `search bench study`'s second study.
 
@@ -302,6 +440,7 @@ def reference_fit(
     tutorial, and then scores the validation split with the harness's `evaluate`, so the two
     studies differ in the training loop only. It keeps no checkpoints (a reference study is not
     resumed) and reports once per epoch; ``scoring`` is classification's, checked by the bench.
+    Its steps are the tutorial's, eager whatever ``step`` asks (``step_report`` keeps saying so).
     """
     if reports_per_epoch != 1:
         raise ValueError(f"the reference loop reports once per epoch, not {reports_per_epoch}")
@@ -398,8 +537,7 @@ def _packed(settings: LoopSettings, n: int, batch_size: int) -> float:
 
 def _one_worker(settings: LoopSettings, batch_size: int, n: int, ready: Any, results: Any) -> None:
     device = pick_device(settings.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+    torch.set_num_threads(capacity.threads_per_worker(n))
     task, params = _task(settings)
     data = DeviceData.from_split(
         _split(task, settings), val_fraction=0.01, seed=0, device=device, augment=task.augment

@@ -26,6 +26,7 @@ from search import study as studies
 from search.bench.bookkeeping import Bookkeeping, Meter
 from search.bench.loop import pil_readable, reference_fit
 from search.errors import SettingsError
+from search.fused_trials import FusedGroups
 from search.objective import Objective
 from search.tasks import placement, resolve
 from search.train import fit, pick_device
@@ -42,6 +43,8 @@ class StudySettings:
     device: str | None = None
     data_dir: Path = Path("data")
     reference: bool = True  # also run the study on the reference loop, and compare
+    step: str = "auto"  # the harness's steps: eager or captured (`search.step`)
+    fuse: int = 1  # the harness's trials fused K at a time (`search.fused_trials`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class StudyTiming:
 def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
     if settings.trials < 1:
         raise SettingsError(f"--trials must be at least 1, got {settings.trials}")
+    if settings.fuse < 1:
+        raise SettingsError(f"--fuse must be at least 1, got {settings.fuse}")
     space = spaces.load(settings.space)
     task = resolve.resolve(space, data_dir=settings.data_dir)
     device = pick_device(settings.device)
@@ -107,19 +112,26 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
                 pruner=studies.make_pruner("median", epochs),
             )
             meter.attach(study)
-            objective = Objective(space, task, data, epochs=epochs, seed=settings.seed, train=train)
+            objective = Objective(
+                space, task, data, epochs=epochs, seed=settings.seed, train=train,
+                step=settings.step if loop == "harness" else "eager",
+            )  # fmt: skip
+            group = None
+            if loop == "harness" and settings.fuse > 1:
+                group = FusedGroups(objective, settings.fuse, settings.trials)
             start = time.perf_counter()
             # The loop `search run` runs: claims at the target, requeues, heartbeats and all.
             try:
                 target.run_until_target(
-                    study, objective, target=settings.trials, url=url, requeue_every=HEARTBEAT
-                )
+                    study, objective, target=settings.trials, url=url, requeue_every=HEARTBEAT,
+                    group=group,
+                )  # fmt: skip
             finally:
                 meter.detach()
             wall = time.perf_counter() - start
             trials = study.get_trials(deepcopy=False)
             timing = StudyTiming(
-                loop,
+                loop if loop == "reference" else _harness_name(settings, trials),
                 wall,
                 sum(studies.trial_attrs(t).get("seconds", 0.0) for t in trials),
                 metric.best(r for t in trials if (r := studies.trial_result(t, metric)) is not None)
@@ -138,6 +150,13 @@ def run(settings: StudySettings, echo: Any = print) -> list[StudyTiming]:
         f"as the reference loop ({harness.wall_seconds:.1f} s against {reference.wall_seconds:.1f} s)"
     )
     return timings
+
+
+def _harness_name(settings: StudySettings, trials: list[optuna.trial.FrozenTrial]) -> str:
+    """``harness``, with how its steps ran (``graph``, ``compiled``) and ``fused ×K`` if fused."""
+    ran = {studies.trial_attrs(t).get("step", "eager") for t in trials} - {"eager"}
+    name = "harness" + "".join(f" {r}" for r in sorted(ran))
+    return name + (f" fused ×{settings.fuse}" if settings.fuse > 1 else "")
 
 
 def write_json(path: Path, timings: list[StudyTiming]) -> None:
