@@ -135,10 +135,11 @@ class _Asked:
         self._told: set[int] = set()
 
     def ask(self, size: int, heartbeats: contextlib.ExitStack) -> None:
-        """Up to ``size`` trials, each with its place claimed and its heartbeat beating."""
+        """Up to ``size`` trials, each with its place claimed and its heartbeat beating (those
+        that train alone take places too)."""
         study, sampler = self.study, self.study.sampler
         try:
-            while len(self.runs) < size:
+            while len(self.runs) + len(self.alone) < size:
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats are meant for its own loop: this beats them.
                     warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)

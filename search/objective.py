@@ -109,7 +109,7 @@ class Objective:
                 step_report=run.step_report,
             )
         except BaseException as error:
-            self.finish(run, error)
+            self.finish(run, error)  # records it, and raises what Optuna is to be told
         return self.finish(run, None)
 
     def start(self, trial: optuna.Trial) -> TrialRun:

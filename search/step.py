@@ -21,6 +21,7 @@ real steps, so a captured trial trains on the same batches in the same order as 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,8 +84,10 @@ class Step:
 
     def __call__(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         self.steps += 1
-        if self.ran == "eager":
+        if self.mode == "eager":
             return self.body(x, y)
+        if self.fallback is not None:
+            return self._uncaptured(x, y)
         if self._compiled is not None:
             return self._compiled_step(x, y)
         if self._graph is not None:
@@ -104,15 +107,22 @@ class Step:
             return self._compiled(x, y)
         except Exception as error:  # the compiler's errors have no common base class
             self.give_up(f"torch.compile: {_one_line(error)}")
-            return self.body(x, y)
+            return self._uncaptured(x, y)
 
     def _side_stream(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            loss = self.body(x, y)
+            loss = self._uncaptured(x, y)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         return loss
+
+    def _uncaptured(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        """The body run eagerly by a step meant for capture: its optimizer's capturable form
+        warns, once per optimizer, that it runs uncaptured; that is expected here."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This instance was constructed with capturable")
+            return self.body(x, y)
 
     def _capture(self, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         """Record the step on this batch, then replay it: the batch trains once, in the graph."""
@@ -125,7 +135,7 @@ class Step:
         except Exception as error:  # a host read, a shape that changes, an op CUDA cannot record
             self.give_up(f"CUDA graph capture: {_one_line(error)}")
             torch.cuda.synchronize(self.device)
-            return self.body(x, y)
+            return self._uncaptured(x, y)
         self._graph, self._static = graph, (static_x, static_y, static_loss)
         graph.replay()
         return static_loss
@@ -134,7 +144,7 @@ class Step:
         assert self._graph is not None and self._static is not None
         static_x, static_y, static_loss = self._static
         if not _same_shapes(x, static_x) or y.shape != static_y.shape:
-            return self.body(x, y)  # cannot happen with full batches; trained eagerly if it does
+            return self._uncaptured(x, y)  # not with full batches; trained eagerly if it comes
         _copy(static_x, x)
         static_y.copy_(y)
         self._graph.replay()

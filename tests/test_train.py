@@ -304,7 +304,7 @@ def test_a_captured_step_trains_as_the_eager_one(digits: DeviceData) -> None:
     for mode in ("eager", "captured"):
         report = StepReport()
         history = fit(
-            _model(), digits, hp, epochs=2, seed=1, reports_per_epoch=2, step=mode,
+            _model("mlp", 1), digits, hp, epochs=2, seed=1, reports_per_epoch=2, step=mode,
             step_report=report,
         )  # fmt: skip
         runs[report.ran] = history
