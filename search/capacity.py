@@ -13,9 +13,11 @@ and device, then picks:
   share of all cores together (small models, which threads barely speed up), else one process
   with every core;
 - on a GPU: enough processes to keep it busy. A step of batch b costs launch time L plus device
-  time c·b; timing batches b and 4b gives both, and 1/(busy share) = (L + c·b)/(c·b) processes
-  fill the GPU, capped by its free memory over the trial's peak (with a fifth to spare), by
-  the cores (each process needs one to launch from) and by `MAX_GPU_PROCESSES`.
+  time c·b; timing batches b and 4b (with the study's step: captured or eager) gives both, and a
+  fused group of K pays L once for K·c·b of work, so (L + K·c·b)/(K·c·b) processes fill the GPU,
+  capped by its free memory over what a process needs (the data, and K trials at the measured
+  trial's peak; a fifth spare), by the cores (each process needs one to launch from) and by
+  `MAX_GPU_PROCESSES`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ import torch
 
 from search.contract import LOOP_PARAMS, Hyperparameters, TrainingData
 from search.errors import SettingsError
+from search.step import resolve_mode
 from search.tasks import Split
 from search.tasks.data import DeviceData
 from search.train import fit
 
 MAX_GPU_PROCESSES = 8
-PROBE_STEPS = 8  # timed steps per measurement, after an untimed pass over the same batches
+PROBE_STEPS = 12  # timed steps per measurement (a captured step's first 3 warm up, the 4th
+# captures), after an untimed pass over the same batches
 MEMORY_SPARE = 0.2  # of the GPU's free memory, left to the allocator's fragmentation
 
 
@@ -78,12 +82,27 @@ class Choice:
     reason: str
 
 
-def choose(task: Any, space: Any, data: TrainingData, device: torch.device, trials: int) -> Choice:
-    """Worker processes and threads for a study of ``trials`` on ``device``, from a short
-    measured trial of the space's largest configuration (see the module docstring)."""
-    params = space.extreme_configurations()[-1]
+def choose(
+    task: Any,
+    space: Any,
+    data: TrainingData,
+    device: torch.device,
+    trials: int,
+    *,
+    step: str = "eager",
+    fuse: int = 1,
+) -> Choice:
+    """Worker processes and threads for a study of ``trials`` on ``device`` whose trials run
+    ``step`` steps, ``fuse`` at a time, from a short measured trial of the space's largest
+    configuration (see the module docstring)."""
+    largest = space.extreme_configurations()[1:2] or space.extreme_configurations()
+    params = largest[0]  # every param at its high end: the deepest model, the largest batch
     model_params = {k: v for k, v in params.items() if k not in LOOP_PARAMS}
-    return choose_for(task, model_params, space.hyperparameters(params), data, device, trials)
+    # Its optimizer and recipe, but the default rate: a high-end rate can diverge, and a step
+    # costs the same at any rate.
+    recipe = space.hyperparameters(params)
+    hp = dataclasses.replace(recipe, lr=Hyperparameters().lr, lr_schedule="constant", warmup=0.0)
+    return choose_for(task, model_params, hp, data, device, trials, step=step, fuse=fuse)
 
 
 def choose_for(
@@ -93,25 +112,27 @@ def choose_for(
     data: TrainingData,
     device: torch.device,
     trials: int,
+    *,
+    step: str = "eager",
+    fuse: int = 1,
 ) -> Choice:
     """`choose`, measured on the model of ``params`` trained with ``hp``."""
+    probe = _Probe(task, params, data, step)
     cores = usable_cores()
     if device.type == "cuda":
-        return _gpu(task, params, hp, data, device, cores, trials)
-    return _cpu(task, params, hp, data, cores, trials)
+        return _gpu(probe, hp, device, cores, trials, fuse)
+    return _cpu(probe, hp, cores, trials)
 
 
-def _cpu(
-    task: Any, params: dict[str, Any], hp: Any, data: TrainingData, cores: int, trials: int
-) -> Choice:
+def _cpu(probe: _Probe, hp: Hyperparameters, cores: int, trials: int) -> Choice:
     if cores == 1:
         return Choice(1, 1, "one usable core")
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = _step_seconds(task, params, hp, data)
+        alone = probe.seconds_per_step(hp)
         torch.set_num_threads(cores)
-        together = _step_seconds(task, params, hp, data)
+        together = probe.seconds_per_step(hp)
     except _TooLittleData as short:
         return Choice(1, cores, f"too few examples to measure a trial ({short} needed): 1 process")
     finally:
@@ -131,53 +152,64 @@ def _cpu(
 
 
 def _gpu(
-    task: Any,
-    params: dict[str, Any],
-    hp: Any,
-    data: TrainingData,
-    device: torch.device,
-    cores: int,
-    trials: int,
+    probe: _Probe, hp: Hyperparameters, device: torch.device, cores: int, trials: int, fuse: int
 ) -> Choice:
     torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)  # the data, already on the GPU
     try:
-        small = _step_seconds(task, params, hp, data)
+        small = probe.seconds_per_step(hp)
         peak = torch.cuda.max_memory_allocated(device)
-        factor = 4 if 4 * (hp.batch_size * PROBE_STEPS + 2) <= data.n_train else 2
-        large = _step_seconds(
-            task, params, dataclasses.replace(hp, batch_size=factor * hp.batch_size), data
-        )
+        factor = 4 if probe.fits(4 * hp.batch_size) else 2
+        large = probe.seconds_per_step(dataclasses.replace(hp, batch_size=factor * hp.batch_size))
     except _TooLittleData as short:
         return Choice(1, cores, f"too few examples to measure a trial ({short} needed): 1 process")
-    device_time = max(1e-9, (large - small) / (factor - 1))  # c·b
-    busy = min(1.0, device_time / small)
+    device_time = max(1e-9, (large - small) / (factor - 1))  # c·b, a trial's own work
+    launch = max(0.0, small - device_time)  # L, which a fused group of K pays once
+    busy = min(1.0, fuse * device_time / (launch + fuse * device_time))
     free, _ = torch.cuda.mem_get_info(device)
-    by_memory = max(1, math.floor(free * (1 - MEMORY_SPARE) / max(peak, 1)))
+    # Each process holds the data and a group of `fuse` trials at this trial's peak.
+    need = before + fuse * max(peak - before, 1)
+    by_memory = max(1, math.floor(free * (1 - MEMORY_SPARE) / need))
     by_busy = max(1, math.ceil(1 / busy))
-    jobs = max(1, min(by_busy, by_memory, cores, MAX_GPU_PROCESSES, trials))
+    jobs = max(1, min(by_busy, by_memory, cores, MAX_GPU_PROCESSES, math.ceil(trials / fuse)))
+    group = f" (groups of {fuse})" if fuse > 1 else ""
     return Choice(
         jobs,
         max(1, cores // jobs),
-        f"a step keeps the GPU busy {100 * busy:.0f} % of its time, a trial peaks at "
-        f"{peak / 2**20:.0f} MiB of {free / 2**20:.0f} MiB free: {jobs} processes",
+        f"{probe.step} steps{group} keep the GPU busy {100 * busy:.0f} % of the time, a "
+        f"process needs {need / 2**20:.0f} MiB of {free / 2**20:.0f} MiB free: {jobs} processes",
     )
 
 
-def _step_seconds(task: Any, params: dict[str, Any], hp: Any, data: TrainingData) -> float:
-    """Seconds per training step of a fresh model of ``params``, as `fit` runs them: on
-    `PROBE_STEPS` batches of ``data``, after an untimed pass over them."""
-    n = hp.batch_size * PROBE_STEPS + 2
-    if n > data.n_train:
-        raise _TooLittleData(n)
-    probe = DeviceData.from_split(
-        Split(*data.examples(n)), val_fraction=0.01, seed=0, device=data.device
-    )
-    speeds = []
-    for _ in range(2):  # the first pass picks kernels and fills caches
-        torch.manual_seed(0)
-        history = fit(task.build_model(params), probe, hp, epochs=1, seed=0)
-        speeds.append(history[-1].images_per_second)
-    return hp.batch_size / speeds[-1]
+class _Probe:
+    """Times training steps of a fresh model of ``params`` on a few batches of ``data``."""
+
+    def __init__(self, task: Any, params: dict[str, Any], data: TrainingData, step: str) -> None:
+        self.task, self.params, self.data = task, params, data
+        self.step = resolve_mode(step, data.device)
+
+    def fits(self, batch_size: int) -> bool:
+        """Whether the data holds `PROBE_STEPS` batches of ``batch_size``."""
+        return batch_size * PROBE_STEPS + 2 <= self.data.n_train
+
+    def seconds_per_step(self, hp: Hyperparameters) -> float:
+        """Seconds per step as `fit` runs them with this step mode: on up to `PROBE_STEPS`
+        batches (at least 2), after an untimed pass over them."""
+        steps = min(PROBE_STEPS, self.data.n_train // hp.batch_size)
+        if steps < 2:
+            raise _TooLittleData(2 * hp.batch_size)
+        # A hundredth of the probe's examples is held out for its one evaluation.
+        n = min(self.data.n_train, steps * hp.batch_size + max(2, steps * hp.batch_size // 50))
+        probe = DeviceData.from_split(
+            Split(*self.data.examples(n)), val_fraction=0.01, seed=0, device=self.data.device
+        )
+        speeds = []
+        for _ in range(2):  # the first pass picks kernels and fills caches
+            torch.manual_seed(0)
+            model = self.task.build_model(self.params)
+            history = fit(model, probe, hp, epochs=1, seed=0, step=self.step)
+            speeds.append(history[-1].images_per_second)
+        return hp.batch_size / speeds[-1]
 
 
 class _TooLittleData(Exception):

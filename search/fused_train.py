@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -181,9 +181,9 @@ class _Trainer:
         self.augment = data.augment if hp.augment is None else hp.augment
         self.generator = torch.Generator(device=device).manual_seed(member.seed)
 
-    def batches(self, batch_size: int):  # noqa: ANN201 (an iterator of this member's batches)
-        while True:  # one epoch's order after another, as `fit` draws them
-            yield from self.data.batches(batch_size, self.generator, self.augment)
+    def batches(self, batch_size: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        """This member's batches of one epoch, drawn from its own generator as `fit` draws them."""
+        return self.data.batches(batch_size, self.generator, self.augment)
 
     def report(
         self,

@@ -259,7 +259,9 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         resolve.check_model(task, space, examples)
         _check_fuse(settings, fixed, data.mode)
         if settings.jobs == "auto":
-            choice = capacity.choose(task, space, data, device, settings.trials)
+            choice = capacity.choose(
+                task, space, data, device, settings.trials, step=settings.step, fuse=settings.fuse
+            )
             echo(f"--jobs auto: {choice.reason}")
             worker_devices = workers.devices(
                 settings.device, list(settings.gpus), choice.jobs * max(1, len(settings.gpus))
