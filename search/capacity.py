@@ -177,7 +177,8 @@ def _gpu(
         jobs,
         max(1, cores // jobs),
         f"{probe.step} steps{group} keep the GPU busy {100 * busy:.0f} % of the time, a "
-        f"process needs {need / 2**20:.0f} MiB of {free / 2**20:.0f} MiB free: {jobs} processes",
+        f"process needs {need / 2**20:.0f} MiB of {free / 2**20:.0f} MiB free: {jobs} process"
+        + ("es" if jobs > 1 else ""),
     )
 
 
