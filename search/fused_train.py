@@ -47,6 +47,7 @@ from search.train import (
     make_optimizer,
     make_schedule,
     report_points,
+    schedule_state,
 )
 
 
@@ -227,7 +228,7 @@ class _Trainer:
         return {
             "model": {k: v.clone() for k, v in self.member.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
+            "schedule": schedule_state(self.schedule),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history": [dataclasses.asdict(r) for r in self.member.history],

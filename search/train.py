@@ -14,6 +14,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,6 +141,22 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, object]
                     group["lr"] = rate
             else:
                 group[key] = value
+
+
+def schedule_state(schedule: lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The schedule's state with its rates as plain numbers: a captured step's schedule keeps
+    them as tensors, which an eager optimizer cannot take, and either kind loads plain ones."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return value.item()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(plain(v) for v in value)
+        return value
+
+    return plain(schedule.state_dict())
 
 
 def make_schedule(
@@ -306,7 +323,7 @@ def fit(
                         saved = {
                             "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(),
+                            "schedule": schedule_state(schedule),
                             "generator": generator.get_state() if ends_epoch else epoch_order,
                             "torch_rng": torch.get_rng_state(),
                             # A pause keeps the rest of this evaluation's reports, which follow it.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from search import tasks
+from search.checkpoint import FileCheckpoint
 from search.errors import Diverged, SettingsError
 from search.step import StepReport
 from search.tasks import Split, models
@@ -293,7 +294,7 @@ def test_a_pause_inside_an_epoch_continues_exactly(tmp_path, digits: DeviceData,
     assert [r.value for r in continued] == [r.value for r in straight]
 
 
-def test_a_captured_step_trains_as_the_eager_one(digits: DeviceData) -> None:
+def test_a_captured_step_trains_as_the_eager_one(digits: DeviceData, tmp_path) -> None:
     """Where there are no CUDA graphs, ``step="captured"`` compiles the step with torch.compile:
     the rate a device tensor that the schedule sets in place (no recompiling per step), and the
     same training as the eager step, report for report; a checkpoint of it resumes eagerly."""
@@ -315,12 +316,30 @@ def test_a_captured_step_trains_as_the_eager_one(digits: DeviceData) -> None:
         assert compiled.value == pytest.approx(eager.value, abs=1 / 450)
     assert runs["compiled"][-1].value > 0.9
 
-    # The optimizer's own implementation and rate kind survive a checkpoint of the other kind.
+    # A checkpoint of the captured step (its rate a tensor) resumes eagerly, and ends as the
+    # eager run does.
+    checkpoint = FileCheckpoint(tmp_path / "trial.pt", CPU)
+    fit(_model("mlp", 1), digits, hp, epochs=1, seed=1, reports_per_epoch=2, step="captured",
+        checkpoint=checkpoint, schedule_epochs=2)  # fmt: skip
+    saved = checkpoint.load()
+    assert isinstance(saved["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+    # The schedule's rates are saved as numbers: an eager CUDA optimizer (foreach) refuses a
+    # tensor rate, and the schedule would hand it one.
+    assert not _tensors_in(saved["schedule"])
+    resumed = fit(
+        _model("mlp", 1), digits, hp, epochs=2, seed=1, reports_per_epoch=2, checkpoint=checkpoint
+    )
+    assert resumed[-1].train_loss == pytest.approx(runs["eager"][-1].train_loss, rel=1e-4)
     model = _model()
-    captured = make_optimizer(hp, model.parameters(), capture_on=CPU)
     eager = make_optimizer(hp, model.parameters())
-    assert isinstance(captured.param_groups[0]["lr"], torch.Tensor)
-    restore_optimizer(eager, captured.state_dict())
-    assert eager.param_groups[0]["lr"] == pytest.approx(3e-3)
+    restore_optimizer(eager, make_optimizer(hp, model.parameters(), capture_on=CPU).state_dict())
     assert not isinstance(eager.param_groups[0]["lr"], torch.Tensor)
-    assert eager.param_groups[0]["foreach"] is None
+    assert eager.param_groups[0]["foreach"] is None  # its own implementation, not the other's
+
+
+def _tensors_in(value) -> bool:
+    if isinstance(value, dict):
+        return any(_tensors_in(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_tensors_in(v) for v in value)
+    return isinstance(value, torch.Tensor)
