@@ -18,6 +18,10 @@ and device, then picks:
   capped by its free memory over what a process needs (the data, and K trials at the measured
   trial's peak; a fifth spare), by the cores (each process needs one to launch from) and by
   `MAX_GPU_PROCESSES`.
+
+``--fuse auto`` picks K from the same measurement: on a GPU, (L + c·b)/(c·b) trials, enough that
+their work covers one launch time (within memory and `MAX_FUSE`); on the CPU, which has no launch
+gaps to fill, 1.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from search.tasks.data import DeviceData
 from search.train import fit
 
 MAX_GPU_PROCESSES = 8
+MAX_FUSE = 16  # trials in one fused group that `--fuse auto` picks at most
 PROBE_STEPS = 12  # timed steps per measurement (a captured step's first 3 warm up, the 4th
 # captures), after an untimed pass over the same batches
 MEMORY_SPARE = 0.2  # of the GPU's free memory, left to the allocator's fragmentation
@@ -75,11 +80,12 @@ def threads_per_worker(jobs: int, threads: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class Choice:
-    """What `--jobs auto` picked, and why (``reason``: one line for the user)."""
+    """What `--jobs auto` and `--fuse auto` picked, and why (``reason``: one line for the user)."""
 
     jobs: int
     threads: int
     reason: str
+    fuse: int = 1  # trials per fused group: what `--fuse` gave, or what auto picked
 
 
 def choose(
@@ -90,11 +96,11 @@ def choose(
     trials: int,
     *,
     step: str = "eager",
-    fuse: int = 1,
+    fuse: int | str = 1,
 ) -> Choice:
     """Worker processes and threads for a study of ``trials`` on ``device`` whose trials run
-    ``step`` steps, ``fuse`` at a time, from a short measured trial of the space's largest
-    configuration (see the module docstring)."""
+    ``step`` steps, ``fuse`` at a time (or as many as fill the GPU: ``auto``), from a short
+    measured trial of the space's largest configuration (see the module docstring)."""
     largest = space.extreme_configurations()[1:2] or space.extreme_configurations()
     params = largest[0]  # every param at its high end: the deepest model, the largest batch
     model_params = {k: v for k, v in params.items() if k not in LOOP_PARAMS}
@@ -114,14 +120,19 @@ def choose_for(
     trials: int,
     *,
     step: str = "eager",
-    fuse: int = 1,
+    fuse: int | str = 1,
 ) -> Choice:
     """`choose`, measured on the model of ``params`` trained with ``hp``."""
     probe = _Probe(task, params, data, step)
     cores = usable_cores()
     if device.type == "cuda":
         return _gpu(probe, hp, device, cores, trials, fuse)
-    return _cpu(probe, hp, cores, trials)
+    choice = _cpu(probe, hp, cores, trials)
+    if fuse != "auto":
+        return dataclasses.replace(choice, fuse=int(fuse))
+    # A fused group fills launch gaps, and the CPU has none: its batched convolutions ran
+    # slower than K separate ones (docs/performance.md).
+    return dataclasses.replace(choice, reason=f"{choice.reason}; on the CPU, trials unfused")
 
 
 def _cpu(probe: _Probe, hp: Hyperparameters, cores: int, trials: int) -> Choice:
@@ -152,7 +163,12 @@ def _cpu(probe: _Probe, hp: Hyperparameters, cores: int, trials: int) -> Choice:
 
 
 def _gpu(
-    probe: _Probe, hp: Hyperparameters, device: torch.device, cores: int, trials: int, fuse: int
+    probe: _Probe,
+    hp: Hyperparameters,
+    device: torch.device,
+    cores: int,
+    trials: int,
+    fuse: int | str,
 ) -> Choice:
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)  # the data, already on the GPU
@@ -165,20 +181,27 @@ def _gpu(
         return Choice(1, cores, f"too few examples to measure a trial ({short} needed): 1 process")
     device_time = max(1e-9, (large - small) / (factor - 1))  # c·b, a trial's own work
     launch = max(0.0, small - device_time)  # L, which a fused group of K pays once
-    busy = min(1.0, fuse * device_time / (launch + fuse * device_time))
     free, _ = torch.cuda.mem_get_info(device)
+    trial_memory = max(peak - before, 1)  # one trial's own: its model, optimizer, activations
+    if fuse == "auto":
+        # Enough trials that their work covers the launch time, within memory and MAX_FUSE.
+        fits = math.floor((free * (1 - MEMORY_SPARE) - before) / trial_memory)
+        fuse = max(1, min(math.ceil((launch + device_time) / device_time), MAX_FUSE, fits))
+    fuse = int(fuse)
+    busy = min(1.0, fuse * device_time / (launch + fuse * device_time))
     # Each process holds the data and a group of `fuse` trials at this trial's peak.
-    need = before + fuse * max(peak - before, 1)
+    need = before + fuse * trial_memory
     by_memory = max(1, math.floor(free * (1 - MEMORY_SPARE) / need))
     by_busy = max(1, math.ceil(1 / busy))
     jobs = max(1, min(by_busy, by_memory, cores, MAX_GPU_PROCESSES, math.ceil(trials / fuse)))
-    group = f" (groups of {fuse})" if fuse > 1 else ""
+    group = f" in groups of {fuse}" if fuse > 1 else ""
     return Choice(
         jobs,
         max(1, cores // jobs),
         f"{probe.step} steps{group} keep the GPU busy {100 * busy:.0f} % of the time, a "
         f"process needs {need / 2**20:.0f} MiB of {free / 2**20:.0f} MiB free: {jobs} process"
         + ("es" if jobs > 1 else ""),
+        fuse,
     )
 
 

@@ -67,12 +67,20 @@ def _gpu_list(text: str) -> tuple[int, ...]:
 
 
 def _jobs(text: str) -> int | str:
+    return _count_or_auto(text, "processes")
+
+
+def _fuse(text: str) -> int | str:
+    return _count_or_auto(text, "trials")
+
+
+def _count_or_auto(text: str, what: str) -> int | str:
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes or auto") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what} or auto") from None
 
 
 def _add_speed(parser: argparse.ArgumentParser) -> None:
@@ -98,11 +106,12 @@ def _add_speed(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fuse",
-        type=int,
+        type=_fuse,
         default=1,
         metavar="K",
         help="train up to K trials of one model shape and batch size together as one batched "
-        "model, each its own trial (default: 1, one at a time)",
+        "model, each its own trial; auto: as many as a measured trial says fill the GPU "
+        "(default: 1, one at a time)",
     )
 
 

@@ -67,7 +67,7 @@ class RunSettings:
     jobs: int | str = 1  # or "auto": measured (`search.capacity`)
     threads: int | None = None  # torch threads per worker (default: the cores split between them)
     step: str = "auto"  # eager or captured training steps (`search.step`)
-    fuse: int = 1  # trials trained together as one batched model (`search.fused_trials`)
+    fuse: int | str = 1  # trials trained together as one model, or "auto" (`search.fused_trials`)
     gpus: tuple[int, ...] = ()
     objectives: str | None = None  # comma-separated names from `search.study.OBJECTIVES`
     reports_per_epoch: int | None = None  # validation reports (and pruning decisions) per epoch
@@ -239,6 +239,7 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
     device = pick_device(worker_devices[0])
     data = None
     threads = capacity.threads_per_worker(len(worker_devices), settings.threads)
+    fuse = settings.fuse if isinstance(settings.fuse, int) else 1  # "auto" is measured below
     if task.train is None:  # a training function of the user's brings its own data and model
         data = placement.load_data(
             task,
@@ -258,20 +259,26 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         _check_augment(space, task, examples[0])
         resolve.check_model(task, space, examples)
         _check_fuse(settings, fixed, data.mode)
-        if settings.jobs == "auto":
+        if "auto" in (settings.jobs, settings.fuse):
             choice = capacity.choose(
                 task, space, data, device, settings.trials, step=settings.step, fuse=settings.fuse
             )
-            echo(f"--jobs auto: {choice.reason}")
-            worker_devices = workers.devices(
-                settings.device, list(settings.gpus), choice.jobs * max(1, len(settings.gpus))
-            )
-            threads = settings.threads or choice.threads
-    elif settings.jobs == "auto" or settings.fuse > 1:
+            flags = [
+                f"--{flag} auto" for flag in ("jobs", "fuse") if getattr(settings, flag) == "auto"
+            ]
+            echo(f"{', '.join(flags)}: {choice.reason}")
+            if settings.fuse == "auto":
+                fuse = choice.fuse
+            if settings.jobs == "auto":
+                worker_devices = workers.devices(
+                    settings.device, list(settings.gpus), choice.jobs * max(1, len(settings.gpus))
+                )
+                threads = settings.threads or choice.threads
+    elif settings.jobs == "auto" or settings.fuse != 1:
         flag = "--jobs auto" if settings.jobs == "auto" else f"--fuse {settings.fuse}"
         raise SettingsError(
             f"{flag}: works on the harness's own training loop, not a training function of "
-            "the user's; give --jobs N" + (" and leave --fuse out" if settings.fuse > 1 else "")
+            "the user's; give --jobs N" + (" and leave --fuse out" if settings.fuse != 1 else "")
         )
 
     sources = []
@@ -340,7 +347,7 @@ def _prepare(settings: RunSettings, echo: Callable[[str], None], *, may_create: 
         timeout=settings.timeout,
         threads=threads,
         step=settings.step,
-        fuse=settings.fuse,
+        fuse=fuse,
         show_trials=not settings.quiet,
         checkpoint_dir=settings.checkpoint_dir,
         # `search run` keeps its samplers' seeds reproducible; a worker may share its study
@@ -408,7 +415,7 @@ def study_name(settings: RunSettings) -> str:
 def _check_fuse(settings: RunSettings, fixed: dict[str, Any], data_mode: str) -> None:
     """Fused trials train on device-resident data, and stop between reports, never pause."""
     if settings.fuse == 1:
-        return
+        return  # "auto" may pick 1, but is refused where it could not pick more
     if fixed["pruner"] in ("halving", "halving-hb"):  # the pruners that pause (search.rungs)
         raise SettingsError(
             f"--fuse {settings.fuse} and --pruner {fixed['pruner']}: fused trials cannot pause "
@@ -434,8 +441,8 @@ def _check_ranges(settings: RunSettings) -> None:
         raise SettingsError(f"--threads must be at least 1, got {settings.threads}")
     if settings.step not in STEP_MODES:
         raise SettingsError(f"--step {settings.step!r}: choose one of {', '.join(STEP_MODES)}")
-    if settings.fuse < 1:
-        raise SettingsError(f"--fuse must be at least 1, got {settings.fuse}")
+    if settings.fuse != "auto" and (not isinstance(settings.fuse, int) or settings.fuse < 1):
+        raise SettingsError(f"--fuse must be at least 1 or auto, got {settings.fuse!r}")
     if settings.reports_per_epoch is not None and not (
         1 <= settings.reports_per_epoch <= MAX_REPORTS_PER_EPOCH
     ):

@@ -16,9 +16,13 @@ from search import study as studies
 from search.tasks import placement, resolve
 
 
-def _threads(folder, name: str = "tiny") -> set[int]:
+def _trials(folder, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/studies/{name}.db")
-    return {studies.trial_attrs(t)["threads"] for t in study.trials}
+    return study.trials
+
+
+def _threads(folder, name: str = "tiny") -> set[int]:
+    return {studies.trial_attrs(t)["threads"] for t in _trials(folder, name)}
 
 
 def test_workers_split_the_cores_unless_threads_says_otherwise(cli, tmp_path) -> None:
@@ -49,15 +53,20 @@ def test_jobs_auto_measures_a_trial_and_never_oversubscribes(cli, tmp_path) -> N
     few = capacity.choose(task, space, data, torch.device("cpu"), trials=1)
     assert few.jobs == 1  # no more processes than trials
 
-    run = cli("run", "--space", "tiny.toml", "--trials", "2", "--jobs", "auto")
+    run = cli("run", "--space", "tiny.toml", "--trials", "2", "--jobs", "auto", "--fuse", "auto")
     assert run.returncode == 0, run.stderr
-    line = re.search(r"--jobs auto: .*: (\d+) process(?:es of (\d+) thread)?", run.stdout)
+    line = re.search(
+        r"--jobs auto, --fuse auto: .*: (\d+) process(?:es of (\d+) thread)?.*; on the CPU, "
+        "trials unfused",
+        run.stdout,
+    )
     assert line, run.stdout
     jobs = int(line.group(1))
     threads = int(line.group(2) or cores)
     assert jobs * threads <= max(cores, 1)
     assert _threads(tmp_path) == {threads}
     assert (f"on {jobs} workers" if jobs > 1 else "more on cpu") in run.stdout
+    assert not any("fused" in studies.trial_attrs(t) for t in _trials(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -263,7 +263,7 @@ def test_a_study_fuses_captures_and_picks_its_jobs_on_the_gpu(cli, tmp_path) -> 
     run = cli("run", "--space", "tiny.toml", "--trials", "8", "--fuse", "4", "--jobs", "auto",
               "--device", "cuda", "--pruner", "none")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert re.search(r"--jobs auto: captured steps \(groups of 4\) keep the GPU busy", run.stdout)
+    assert re.search(r"--jobs auto: captured steps in groups of 4 keep the GPU busy", run.stdout)
     trials = _study(tmp_path, "tiny").trials
     assert len(trials) == 8
     for trial in trials:
