@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from search import faults
 from search.contract import (
     Checkpoint,
     EpochResult,
@@ -106,6 +107,7 @@ def fit_fused(
         # torch.compile guards on each optimizer's settings: it would recompile per member.
         mode, report.fallback = "eager", "fused steps are captured on CUDA only"
     trainers = [_Trainer(m, data, scoring, steps * epochs, mode) for m in members]
+    faults.check_oom(batch_size)  # the tests' out-of-memory hook, as `fit` has it
     group = _Group(trainers, device, mode)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()

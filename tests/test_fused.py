@@ -5,10 +5,14 @@ params and seeds give one at a time."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+
 import optuna
 import pytest
 import torch
-from conftest import tiny_space, toml
+from conftest import search_command, tiny_space, toml
 
 from search import study as studies
 from search import tasks
@@ -139,14 +143,24 @@ def test_a_fused_study_gives_each_trial_the_result_it_has_alone(cli, tmp_path) -
         assert b.value == pytest.approx(a.value, abs=2 / 450)
 
 
-def test_a_fused_study_prunes_members_and_refuses_to_pause(cli, tmp_path) -> None:
+def test_a_fused_study_prunes_members_fails_a_group_out_of_memory_and_refuses_to_pause(
+    cli, tmp_path
+) -> None:
     (tmp_path / "tiny.toml").write_text(toml(tiny_space(epochs=3)))
-    run = cli("run", "--space", "tiny.toml", "--trials", "8", "--fuse", "4", "--pruner", "median",
-              "--sampler", "random", "--reports-per-epoch", "2")  # fmt: skip
+    # Groups at batch 128 run out of memory at their first step (the fault hook), the rest train.
+    run = cli("run", "--space", "tiny.toml", "--trials", "12", "--fuse", "4", "--pruner", "median",
+              "--sampler", "random", "--reports-per-epoch", "2",
+              env={"SEARCH_FAULT_OOM_BATCH": "128"})  # fmt: skip
     assert run.returncode == 0, run.stderr
     trials = _trials(tmp_path, "tiny")
+    for trial in trials:
+        failed = trial.user_attrs.get("fail_reason")
+        assert (failed == "oom") == (trial.params["batch_size"] == 128), trial.number
+        assert (trial.state.name == "FAIL") == (failed == "oom")
+    assert {t.params["batch_size"] for t in trials} == {64, 128}
+    trials = [t for t in trials if t.params["batch_size"] == 64]
     states = {t.state.name for t in trials}
-    assert len(trials) == 8 and states <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+    assert states <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     # A member stopped at its report, while the others of its group trained on.
     assert any(studies.trial_attrs(t)["epochs_run"] < 3 for t in pruned)
@@ -157,3 +171,46 @@ def test_a_fused_study_prunes_members_and_refuses_to_pause(cli, tmp_path) -> Non
     assert halving.returncode != 0
     assert "--fuse 2 and --pruner halving: fused trials cannot pause" in halving.stderr
     assert not (tmp_path / "studies" / "h.db").exists()
+
+
+def test_a_fused_group_killed_mid_training_resumes_each_trial_from_its_checkpoint(
+    cli, tmp_path
+) -> None:
+    """SIGKILL once every member of a group has saved an epoch: each member's retry continues
+    alone from its own checkpoint, with its own params and seed; the study ends at its target."""
+    (tmp_path / "tiny.toml").write_text(toml(tiny_space(epochs=30)))
+    checkpoints = tmp_path / "studies" / "checkpoints" / "tiny"
+    flags = ["--space", "tiny.toml", "--trials", "4", "--fuse", "4", "--pruner", "none",
+             "--sampler", "random", "--heartbeat", "1",
+             "--reports-per-epoch", "1"]  # fmt: skip
+    run = subprocess.Popen(
+        [*search_command(), "run", *flags], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(checkpoints.glob("*.pt"))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run.poll() is None, "the group finished before it could be killed"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    time.sleep(3.5)  # three missed heartbeats: the killed trials are stale, and retried
+
+    again = cli("run", *flags)
+    assert again.returncode == 0, again.stderr
+    trials = _trials(tmp_path, "tiny")
+    retries = [t for t in trials if "retry_of" in studies.trial_attrs(t)]
+    assert len(retries) == 4 and studies.count_finished(_study(tmp_path)) == 4
+    for retry in retries:
+        attrs = studies.trial_attrs(retry)
+        origin = trials[attrs["retry_of"]]
+        assert retry.state.name == "COMPLETE" and retry.params == origin.params
+        assert attrs["seed"] == studies.trial_seed(0, origin.number)
+        assert attrs["resumed_from_epoch"] >= 1 and "fused" not in attrs  # alone, continued
+        assert sorted(retry.intermediate_values) == list(range(1, 31))
+    assert not list(checkpoints.glob("*.pt"))
+
+
+def _study(folder) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder}/studies/tiny.db")
