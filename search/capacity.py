@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from search.contract import LOOP_PARAMS, Hyperparameters, TrainingData
+from search.contract import Hyperparameters, TrainingData, split_params
 from search.errors import SettingsError
 from search.step import resolve_mode
 from search.tasks import Split
@@ -101,9 +101,11 @@ def choose(
     """Worker processes and threads for a study of ``trials`` on ``device`` whose trials run
     ``step`` steps, ``fuse`` at a time (or as many as fill the GPU: ``auto``), from a short
     measured trial of the space's largest configuration (see the module docstring)."""
-    largest = space.extreme_configurations()[1:2] or space.extreme_configurations()
-    params = largest[0]  # every param at its high end: the deepest model, the largest batch
-    model_params = {k: v for k, v in params.items() if k not in LOOP_PARAMS}
+    extremes = space.extreme_configurations()
+    # Every param at its high end (all low where there is no other): the deepest model, the
+    # largest batch.
+    params = extremes[min(1, len(extremes) - 1)]
+    _, model_params = split_params(params)
     # Its optimizer and recipe, but the default rate: a high-end rate can diverge, and a step
     # costs the same at any rate.
     recipe = space.hyperparameters(params)

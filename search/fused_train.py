@@ -140,25 +140,24 @@ def fit_fused(
                     done * batch_size * share / train_seconds,
                     ends_epoch=reports[-1] == reports_per_epoch,
                 )
-            left = [t for t in group.trainers if t.member.stopped is None]
-            if len(left) < len(group.trainers):
-                _tell(report, group)
-                if not left:
+            keep = [i for i, t in enumerate(group.trainers) if t.member.stopped is None]
+            if len(keep) < len(group.trainers):
+                _record(report, group)
+                if not keep:
                     return report
-                keep = [i for i, t in enumerate(group.trainers) if t.member.stopped is None]
                 streams = [streams[i] for i in keep]
-                loss_sum = torch.zeros(len(left), device=device)
-                group = _Group(left, device, mode)
+                loss_sum = torch.zeros(len(keep), device=device)
+                group = _Group([group.trainers[i] for i in keep], device, mode)
                 group.train()
             else:
                 loss_sum.zero_()
             start = time.perf_counter()
             done = 0
-    _tell(report, group)
+    _record(report, group)
     return report
 
 
-def _tell(report: StepReport, group: _Group) -> None:
+def _record(report: StepReport, group: _Group) -> None:
     """How ``group``'s steps ran, into ``report`` (a reason given before it stays)."""
     report.ran, fallback = group.ran
     report.fallback = report.fallback or fallback
@@ -245,9 +244,14 @@ class _Group:
         self.trainers = trainers
         self.structure = trainers[0].member.model  # its own tensors are swapped out per call
         models = [t.member.model for t in trainers]
-        self.names = [name for name, _ in self.structure.named_parameters()]
+        own = [dict(m.named_parameters()) for m in models]
+        # Each name's tensors across the members, looked up once: the step only stacks them.
+        self.parameters = {
+            name: [p[name] for p in own] for name, _ in self.structure.named_parameters()
+        }
+        own_buffers = [dict(m.named_buffers()) for m in models]
         self.buffers = {
-            name: torch.stack([dict(m.named_buffers())[name] for m in models])
+            name: torch.stack([b[name] for b in own_buffers])
             for name, _ in self.structure.named_buffers()
         }
         for name, stacked in self.buffers.items():
@@ -267,8 +271,7 @@ class _Group:
         return self._step(x, y)
 
     def _stacked_parameters(self) -> dict[str, torch.Tensor]:
-        own = [dict(t.member.model.named_parameters()) for t in self.trainers]
-        return {name: torch.stack([p[name] for p in own]) for name in self.names}
+        return {name: torch.stack(tensors) for name, tensors in self.parameters.items()}
 
     def _outputs(self, x: Inputs, in_dims: int | None) -> torch.Tensor:
         def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: Inputs):  # noqa: ANN202
